@@ -1,0 +1,5 @@
+//! Integration tests of the security monitor on simulated hardware.
+
+mod lifecycle;
+mod sealing;
+mod support;
