@@ -4,6 +4,7 @@
 // Printing is this binary's job.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod bench;
 mod demo;
 
 use clap::{Parser, Subcommand};
@@ -20,6 +21,8 @@ struct Cli {
 enum Command {
     /// Run the demonstration with no set-up: deploy, call, seal, refuse past the limit.
     Demo(demo::DemoArgs),
+    /// Measure throughput beside the machine's own limits.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -27,6 +30,7 @@ fn main() -> std::process::ExitCode {
     // The demo narrates on stdout and expects refusals; other commands log warnings.
     let default_filter = match cli.command {
         Command::Demo(_) => "error",
+        Command::Bench(_) => "warn",
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -37,6 +41,7 @@ fn main() -> std::process::ExitCode {
         .init();
     let result = match cli.command {
         Command::Demo(args) => demo::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(code) => code,

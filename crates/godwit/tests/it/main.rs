@@ -1,3 +1,4 @@
 //! End-to-end tests of the `godwit` binary.
 
+mod bench;
 mod demo;
