@@ -92,6 +92,13 @@ impl RecordBuf {
         &mut self.buf[HEADER_BYTES..HEADER_BYTES + len]
     }
 
+    /// Shortens the payload to `len` bytes (after encoding into a larger area).
+    pub fn truncate_payload(&mut self, len: usize) {
+        assert!(len <= self.payload_len, "truncate_payload can only shorten");
+        self.payload_len = len;
+        self.buf.truncate(len + RECORD_OVERHEAD_BYTES);
+    }
+
     /// The sealed record, ready to send.
     pub fn as_bytes(&self) -> &[u8] {
         &self.buf
@@ -261,6 +268,12 @@ impl Sender {
     pub fn records_sent(&self) -> u64 {
         self.dir.seq
     }
+
+    /// The MAC chain value after the last record sealed: it authenticates every record so
+    /// far, back to the handshake (the transfer digest is made from it).
+    pub fn chain(&self) -> &[u8] {
+        &self.dir.chain
+    }
 }
 
 /// The receiving half of a channel.
@@ -360,6 +373,11 @@ impl Receiver {
     /// Records opened so far.
     pub fn records_received(&self) -> u64 {
         self.dir.seq
+    }
+
+    /// The MAC chain value after the last record opened (see [`Sender::chain`]).
+    pub fn chain(&self) -> &[u8] {
+        &self.dir.chain
     }
 }
 

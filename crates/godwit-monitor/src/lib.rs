@@ -1,26 +1,40 @@
-//! The security monitor (SM): manages enclaves on one host — creates them after checking
-//! their manifest and the per-application instance limit (claim 15), runs their ecalls,
-//! pauses, resumes and destroys them, seals their data with rollback protection, and keeps
-//! their monotonic counters.
+//! The security monitor (SM): manages enclaves on one host and moves them to others.
+//!
+//! It creates enclaves after checking their manifest and the per-application instance
+//! limit (claim 15), runs their ecalls, seals their data with rollback protection, keeps
+//! their counters, attests peer SMs and holds the channels to them (claims 1, 11), and runs
+//! the migration protocol (claims 2–7, 10) with the ledger kept by the store (claim 9).
 //!
 //! Contract (sans-IO): the SM opens no socket, file or thread and never reads the OS clock.
-//! The host hands it requests and bytes; the SM reads time and randomness only from its
-//! [`Hardware`], and stores sealed blobs only through the host's [`BlobStore`], treating
-//! whatever comes back as hostile.
+//! The host hands it requests, frames from peers and store replies; the SM answers with
+//! [`Action`]s (dial, send, write to the store, events) and frames pulled with
+//! [`Monitor::poll_transmit`]. It reads time and randomness only from its [`Hardware`], and
+//! stores sealed blobs only through the host's [`BlobStore`], treating whatever comes back
+//! as hostile. Keys and enclave plaintext never leave it: the host moves ciphertext only.
+//!
+//! Call order for the host: after every input call, drain [`Monitor::poll_action`]; for
+//! each `Wake`, pull [`Monitor::poll_transmit`] until it returns `None`; sleep until
+//! [`Monitor::poll_timeout`] and then call [`Monitor::handle_timeout`].
 
 mod host;
+mod migrate;
+mod net;
 pub mod seal;
 mod services;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
+use godwit_attest::Policy;
 use godwit_enclave::{Enclave, EnclaveError, Runtime};
 use godwit_hw::Hardware;
-use godwit_wire::{EnclaveId, Manifest, Measurement};
+use godwit_proto::{AbortReason, LedgerOp, LedgerOutcome, MigrationId, StoreReply, TimeoutConfig};
+use godwit_wire::{EnclaveId, HostId, Manifest, Measurement};
 
 pub use host::{BlobStore, HostError, MemoryBlobStore};
+pub use net::ConnId;
 pub use seal::SealError;
 pub use services::{COUNTERS_MAX, InstanceServices, SLOTS_MAX};
 
@@ -41,6 +55,8 @@ pub fn sm_measurement() -> Measurement {
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum EnclaveState {
+    /// Created; waiting for the store to register it before it may run.
+    Registering,
     /// Accepting ecalls.
     Running,
     /// Paused at the host's request; resumable by the host.
@@ -52,6 +68,7 @@ pub enum EnclaveState {
 impl fmt::Display for EnclaveState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            Self::Registering => "registering",
             Self::Running => "running",
             Self::Paused => "paused",
             Self::Migrating => "migrating",
@@ -70,6 +87,8 @@ pub struct EnclaveInfo {
     pub measurement: Measurement,
     /// Its state.
     pub state: EnclaveState,
+    /// Its ledger epoch.
+    pub epoch: u64,
     /// Its linear memory size.
     pub memory_bytes: usize,
     /// Sealed slots it has written.
@@ -111,11 +130,149 @@ pub enum MonitorError {
     /// A sealed blob the host handed back was refused.
     #[error(transparent)]
     Seal(#[from] SealError),
+    /// The manifest does not allow migration.
+    #[error("the manifest of enclave {0} does not allow migration")]
+    NotMigratable(EnclaveId),
+    /// A migration of this enclave is already under way.
+    #[error("enclave {0} is already being migrated")]
+    AlreadyMigrating(EnclaveId),
+    /// The destination is this host, or not a peer this SM may reach.
+    #[error("cannot migrate to {0}")]
+    BadDestination(HostId),
+    /// No such migration.
+    #[error("no migration {0} in progress")]
+    UnknownMigration(MigrationId),
+}
+
+/// How the SM is set up on a host.
+#[derive(Debug, Clone)]
+pub struct MonitorConfig {
+    /// Which peer SMs to trust.
+    pub policy: Policy,
+    /// The terms of every deadline.
+    pub timeouts: TimeoutConfig,
+    /// Memory the host grants for enclaves (incoming migrations are refused past it).
+    pub memory_budget_bytes: u64,
+}
+
+/// A store request's handle, for [`Monitor::handle_store_reply`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RequestId(pub u64);
+
+/// What the SM asks of the host.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Action {
+    /// Open a connection to `peer`; then call [`Monitor::connected`] (or
+    /// [`Monitor::disconnected`] if it fails).
+    Connect {
+        /// The connection's id.
+        conn: ConnId,
+        /// The host to reach.
+        peer: HostId,
+    },
+    /// `conn` has frames to send: pull them with [`Monitor::poll_transmit`].
+    Wake {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// Close `conn`: the SM is done with it.
+    Close {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// Write to the store, then call [`Monitor::handle_store_reply`].
+    Store {
+        /// The request's handle.
+        request: RequestId,
+        /// The write.
+        op: LedgerOp,
+    },
+    /// Something for the operator.
+    Event(Event),
+}
+
+/// What happened, for the operator and the CLI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// An enclave is registered and running.
+    Registered {
+        /// The enclave.
+        enclave: EnclaveId,
+    },
+    /// The store refused to register an enclave; it was destroyed.
+    RegistrationRefused {
+        /// The enclave.
+        enclave: EnclaveId,
+        /// Why.
+        reason: String,
+    },
+    /// An outgoing migration ended.
+    MigrationFinished {
+        /// The migration.
+        migration: MigrationId,
+        /// The enclave.
+        enclave: EnclaveId,
+        /// Its report, or why it aborted.
+        outcome: Result<MigrationReport, AbortReason>,
+    },
+    /// An incoming migration ended.
+    IncomingFinished {
+        /// The migration.
+        migration: MigrationId,
+        /// The enclave.
+        enclave: EnclaveId,
+        /// The new epoch, or why it aborted.
+        outcome: Result<u64, AbortReason>,
+    },
+    /// A peer failed attestation or broke the channel.
+    PeerRefused {
+        /// The connection.
+        conn: ConnId,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// What a committed migration took, measured on the sender's trusted timer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationReport {
+    /// The destination.
+    pub to: HostId,
+    /// The new ledger epoch.
+    pub epoch: u64,
+    /// Data bytes moved (module, memory pages actually sent, sealed data).
+    pub bytes: u64,
+    /// Attestation (zero when the channel was already open).
+    pub attest: Duration,
+    /// PREPARE sent → READY received.
+    pub prepare_ready: Duration,
+    /// Paused → BEGIN recorded.
+    pub begin: Duration,
+    /// BEGIN recorded → last data sent.
+    pub transfer: Duration,
+    /// Last data sent → COMMIT known.
+    pub commit: Duration,
+    /// PREPARE sent → COMMIT known.
+    pub total: Duration,
+    /// Paused → COMMIT known: no copy runs for at most this long.
+    pub downtime: Duration,
 }
 
 struct Resident {
     enclave: Enclave<InstanceServices>,
     state: EnclaveState,
+    epoch: u64,
+    /// The state to return to if an outgoing migration aborts.
+    resume_to: EnclaveState,
+}
+
+enum Pending {
+    Register(EnclaveId),
+    Destroy(EnclaveId),
+    Outgoing(MigrationId),
+    Incoming(MigrationId),
 }
 
 /// The security monitor of one host. See the crate documentation for its contract.
@@ -123,17 +280,35 @@ pub struct Monitor {
     hw: Arc<dyn Hardware>,
     runtime: Runtime,
     blobs: Arc<dyn BlobStore>,
+    config: MonitorConfig,
+    policy: Arc<Policy>,
     enclaves: BTreeMap<EnclaveId, Resident>,
+    net: net::Connections,
+    migrations: migrate::Migrations,
+    requests: BTreeMap<RequestId, Pending>,
+    next_request: u64,
+    actions: VecDeque<Action>,
 }
 
 impl Monitor {
     /// Starts an SM on `hw`, storing sealed blobs through the host's `blobs`.
-    pub fn new(hw: Arc<dyn Hardware>, blobs: Arc<dyn BlobStore>) -> Result<Self, MonitorError> {
+    pub fn new(
+        hw: Arc<dyn Hardware>,
+        blobs: Arc<dyn BlobStore>,
+        config: MonitorConfig,
+    ) -> Result<Self, MonitorError> {
         Ok(Self {
             hw,
             runtime: Runtime::new()?,
             blobs,
+            policy: Arc::new(config.policy.clone()),
+            config,
             enclaves: BTreeMap::new(),
+            net: net::Connections::default(),
+            migrations: migrate::Migrations::default(),
+            requests: BTreeMap::new(),
+            next_request: 0,
+            actions: VecDeque::new(),
         })
     }
 
@@ -142,19 +317,53 @@ impl Monitor {
         &self.hw
     }
 
-    /// Instances of the application `app` present on this host, in any state.
+    /// This host's id (from its device certificate).
+    pub fn host(&self) -> &HostId {
+        self.hw.host()
+    }
+
+    /// The next thing the host must do, if any.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    fn event(&mut self, e: Event) {
+        self.actions.push_back(Action::Event(e));
+    }
+
+    fn store(&mut self, pending: Pending, op: LedgerOp) {
+        let request = RequestId(self.next_request);
+        self.next_request += 1;
+        self.requests.insert(request, pending);
+        self.actions.push_back(Action::Store { request, op });
+    }
+
+    /// Instances of the application `app` on this host, in any state, including incoming
+    /// migrations that reserved a place.
     pub fn instances_of(&self, app: &Measurement) -> u32 {
-        let n = self
+        let resident = self
             .enclaves
             .values()
             .filter(|r| r.enclave.module().measurement() == *app)
             .count();
+        let n = resident + self.migrations.reserved_for(app);
         // Invariant: each instance needs memory; far fewer than 2^32 fit on a host.
         u32::try_from(n).expect("instance count fits u32")
     }
 
+    /// Memory held by resident enclaves and reserved by incoming migrations.
+    fn memory_in_use(&self) -> u64 {
+        let resident: u64 = self
+            .enclaves
+            .values()
+            .map(|r| r.enclave.memory_bytes() as u64)
+            .sum();
+        resident + self.migrations.reserved_memory()
+    }
+
     /// Creates an enclave at the host's request: loads and measures the module, checks the
-    /// manifest's instance limit for this application, instantiates it running.
+    /// manifest's instance limit for this application, instantiates it and asks the store
+    /// to register it. It runs once registered ([`Event::Registered`]).
     pub fn create(&mut self, module: &[u8], manifest: Manifest) -> Result<EnclaveId, MonitorError> {
         let loaded = self.runtime.load(module, manifest)?;
         let (app, limit) = (
@@ -178,7 +387,19 @@ impl Monitor {
             id,
             Resident {
                 enclave,
-                state: EnclaveState::Running,
+                state: EnclaveState::Registering,
+                epoch: 0,
+                resume_to: EnclaveState::Running,
+            },
+        );
+        self.store(
+            Pending::Register(id),
+            LedgerOp::Register {
+                id,
+                app,
+                app_name: loaded.manifest().name.clone(),
+                owner: self.host().clone(),
+                max_instances_cluster: loaded.manifest().max_instances_cluster,
             },
         );
         self.check_invariants();
@@ -190,7 +411,7 @@ impl Monitor {
             let mut id = [0u8; 16];
             self.hw.fill_random(&mut id);
             let id = EnclaveId(id);
-            if !self.enclaves.contains_key(&id) {
+            if !self.enclaves.contains_key(&id) && !self.migrations.holds_enclave(&id) {
                 return id;
             }
         }
@@ -242,28 +463,32 @@ impl Monitor {
         Ok(())
     }
 
-    /// Destroys an enclave: wipes its memory and its keys, deletes its sealed blobs.
-    /// Refused while a migration holds it.
+    /// Destroys an enclave: wipes its memory and keys, deletes its sealed blobs, and tells
+    /// the store. Refused while a migration holds it.
     pub fn destroy(&mut self, id: EnclaveId) -> Result<(), MonitorError> {
         let state = self.resident(id)?.state;
-        if state == EnclaveState::Migrating {
-            return Err(MonitorError::WrongState {
+        if state == EnclaveState::Migrating || self.migrations.is_migrating(&id) {
+            return Err(MonitorError::AlreadyMigrating(id));
+        }
+        self.wipe(id);
+        self.store(
+            Pending::Destroy(id),
+            LedgerOp::Destroy {
                 id,
-                state,
-                expected: EnclaveState::Running,
-            });
-        }
-        // Invariant: `resident` just found it.
-        let r = self.enclaves.remove(&id).expect("present");
-        let services = r.enclave.wipe();
-        for slot in services.versions.keys() {
-            if let Err(e) = self.blobs.delete(id, slot) {
-                tracing::warn!(enclave = %id, slot, error = %e, "host failed to delete a sealed blob");
-            }
-        }
+                by: self.host().clone(),
+            },
+        );
         tracing::info!(enclave = %id, "enclave destroyed");
         self.check_invariants();
         Ok(())
+    }
+
+    /// Removes an enclave: memory zeroed, keys dropped, its blobs deleted. (Part of a
+    /// transition: the public caller checks the invariants when the transition is done.)
+    fn wipe(&mut self, id: EnclaveId) {
+        if let Some(r) = self.enclaves.remove(&id) {
+            r.enclave.wipe().delete_blobs();
+        }
     }
 
     /// What the SM tells the host about one enclave.
@@ -290,8 +515,9 @@ impl Monitor {
             app: module.manifest().name.clone(),
             measurement: module.measurement(),
             state: r.state,
+            epoch: r.epoch,
             memory_bytes: r.enclave.memory_bytes(),
-            sealed_slots: r.enclave.services().versions.len(),
+            sealed_slots: r.enclave.services().slots.len(),
         }
     }
 
@@ -304,8 +530,77 @@ impl Monitor {
         Ok(r.enclave.services().last_refusal.clone())
     }
 
-    /// Asserts the SM's invariants; stays on in release builds (cheap: one pass over the
-    /// table). Called after every transition.
+    /// The store answered (or failed to answer) request `request`.
+    pub fn handle_store_reply(&mut self, request: RequestId, reply: StoreReply) {
+        let Some(pending) = self.requests.remove(&request) else {
+            return;
+        };
+        match pending {
+            Pending::Register(id) => self.registered(id, reply),
+            Pending::Destroy(id) => {
+                if !matches!(reply, StoreReply::Outcome(LedgerOutcome::Applied(_))) {
+                    tracing::warn!(enclave = %id, ?reply, "the store did not record a destroy");
+                }
+            }
+            Pending::Outgoing(m) => self.outgoing_store_reply(m, reply),
+            Pending::Incoming(m) => self.incoming_store_reply(m, reply),
+        }
+        self.check_invariants();
+    }
+
+    fn registered(&mut self, id: EnclaveId, reply: StoreReply) {
+        match reply {
+            StoreReply::Outcome(LedgerOutcome::Applied(_)) => {
+                if let Some(r) = self.enclaves.get_mut(&id)
+                    && r.state == EnclaveState::Registering
+                {
+                    r.state = EnclaveState::Running;
+                    self.event(Event::Registered { enclave: id });
+                }
+            }
+            other => {
+                let reason = match other {
+                    StoreReply::Outcome(LedgerOutcome::Refused { reason, .. }) => {
+                        reason.to_string()
+                    }
+                    StoreReply::Unavailable(why) => format!("the store did not answer: {why}"),
+                    StoreReply::Outcome(LedgerOutcome::Applied(_)) => unreachable!("matched above"),
+                };
+                tracing::warn!(enclave = %id, %reason, "registration refused; enclave destroyed");
+                self.wipe(id);
+                self.event(Event::RegistrationRefused {
+                    enclave: id,
+                    reason,
+                });
+            }
+        }
+    }
+
+    /// The earliest deadline on the trusted timer, if any: call
+    /// [`Monitor::handle_timeout`] once it has passed.
+    pub fn poll_timeout(&self) -> Option<godwit_hw::TrustedInstant> {
+        let mut earliest: Option<godwit_hw::TrustedInstant> = None;
+        for t in self.net.timeouts().chain(self.migrations.timeouts()) {
+            earliest = Some(match earliest {
+                Some(e) if e.is_at_or_after(t).unwrap_or(false) => t,
+                Some(e) => e,
+                None => t,
+            });
+        }
+        earliest
+    }
+
+    /// Handles every deadline that has passed on the trusted timer (the SM reads the timer
+    /// itself: the host can make it late, never early).
+    pub fn handle_timeout(&mut self) {
+        let now = self.hw.now();
+        self.net_timeouts(now);
+        self.migration_timeouts(now);
+        self.check_invariants();
+    }
+
+    /// Asserts the SM's invariants; they stay on in release builds (one pass over the
+    /// tables). Called after every transition.
     pub fn check_invariants(&self) {
         let mut per_app: BTreeMap<Measurement, (u32, u32)> = BTreeMap::new();
         for (id, r) in &self.enclaves {
@@ -316,16 +611,22 @@ impl Monitor {
                 r.enclave.module().measurement(),
                 "services bound to another app"
             );
-            let e = per_app
-                .entry(s.app)
-                .or_insert((0, r.enclave.module().manifest().max_instances_per_host));
-            e.0 += 1;
-        }
-        for (app, (present, limit)) in per_app {
-            assert!(
-                present <= limit,
-                "instances of {app:?}: {present} > limit {limit}"
+            let limit = r.enclave.module().manifest().max_instances_per_host;
+            per_app.entry(s.app).or_insert((0, limit)).0 += 1;
+            assert_eq!(
+                r.state == EnclaveState::Migrating,
+                self.migrations.is_paused_for_migration(id),
+                "enclave {id} state {} disagrees with the migration table",
+                r.state
             );
         }
+        for (app, (present, limit)) in per_app {
+            let reserved = u32::try_from(self.migrations.reserved_for(&app)).unwrap_or(u32::MAX);
+            assert!(
+                present + reserved <= limit,
+                "instances of {app:?}: {present} + {reserved} reserved > limit {limit}"
+            );
+        }
+        self.migrations.check_invariants(&self.enclaves);
     }
 }

@@ -16,14 +16,23 @@ pub const SLOTS_MAX: usize = 64;
 /// Most monotonic counters one instance may create.
 pub const COUNTERS_MAX: usize = 64;
 
+/// What the SM remembers of one sealed slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Slot {
+    /// The newest version sealed.
+    pub(crate) version: u64,
+    /// Its plaintext size.
+    pub(crate) len: usize,
+}
+
 /// Per-instance state the SM keeps beside the enclave: its sealing key, the newest version
 /// sealed into each slot, and its monotonic counters.
 pub struct InstanceServices {
     pub(crate) id: EnclaveId,
     pub(crate) app: Measurement,
     key: SealingKey,
-    /// Newest version sealed per slot: the rollback reference.
-    pub(crate) versions: BTreeMap<String, u64>,
+    /// Per slot: the newest version sealed (the rollback reference) and its plaintext size.
+    pub(crate) slots: BTreeMap<String, Slot>,
     pub(crate) counters: BTreeMap<String, u64>,
     hw: Arc<dyn Hardware>,
     blobs: Arc<dyn BlobStore>,
@@ -56,7 +65,7 @@ impl InstanceServices {
             id,
             app,
             key: hw.sealing_key(&app),
-            versions: BTreeMap::new(),
+            slots: BTreeMap::new(),
             counters: BTreeMap::new(),
             hw,
             blobs,
@@ -67,8 +76,8 @@ impl InstanceServices {
     /// Seals `data` as the next version of `slot` and hands the blob to the host. The
     /// version advances only once the host accepted the blob.
     pub(crate) fn seal_slot(&mut self, slot: &str, data: &[u8]) -> Result<(), AbiError> {
-        let current = self.versions.get(slot).copied();
-        if current.is_none() && self.versions.len() >= SLOTS_MAX {
+        let current = self.slots.get(slot).map(|s| s.version);
+        if current.is_none() && self.slots.len() >= SLOTS_MAX {
             return Err(AbiError::Limit);
         }
         let version = current.unwrap_or(0).checked_add(1).ok_or(AbiError::Limit)?;
@@ -86,14 +95,114 @@ impl InstanceServices {
             tracing::warn!(enclave = %self.id, slot, error = %e, "host refused a sealed blob");
             AbiError::HostUnavailable
         })?;
-        self.versions.insert(slot.to_owned(), version);
+        self.slots.insert(
+            slot.to_owned(),
+            Slot {
+                version,
+                len: data.len(),
+            },
+        );
         Ok(())
+    }
+
+    /// Seals `data` into `slot` at exactly `version`: a migrated instance keeps its version
+    /// numbers, so they never go back across hosts.
+    pub(crate) fn reseal_slot(
+        &mut self,
+        slot: &str,
+        version: u64,
+        data: &[u8],
+    ) -> Result<(), SealError> {
+        valid_name(slot.as_bytes())
+            .map_err(|_| SealError::Malformed(format!("slot name {slot:?}")))?;
+        if data.len() > godwit_enclave::SEAL_BYTES_MAX
+            || (self.slots.len() >= SLOTS_MAX && !self.slots.contains_key(slot))
+        {
+            return Err(SealError::Malformed("sealed data over the limits".into()));
+        }
+        let header = BlobHeader {
+            format: 1,
+            enclave: self.id,
+            app: self.app,
+            slot: slot.to_owned(),
+            version,
+        };
+        let mut nonce = [0u8; 12];
+        self.hw.fill_random(&mut nonce);
+        let blob = seal::seal(&self.key, &header, nonce, data);
+        self.blobs
+            .put(self.id, slot, &blob)
+            .map_err(|_| SealError::Missing)?;
+        self.slots.insert(
+            slot.to_owned(),
+            Slot {
+                version,
+                len: data.len(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Sealed slots and their total plaintext size.
+    pub(crate) fn sealed_size(&self) -> (usize, u64) {
+        (
+            self.slots.len(),
+            self.slots.values().map(|s| s.len as u64).sum(),
+        )
+    }
+
+    /// Sets the counters carried by a migration.
+    pub(crate) fn set_counters(&mut self, counters: &[(String, u64)]) -> Result<(), String> {
+        if counters.len() > COUNTERS_MAX {
+            return Err(format!(
+                "{} counters, at most {COUNTERS_MAX}",
+                counters.len()
+            ));
+        }
+        for (name, value) in counters {
+            valid_name(name.as_bytes()).map_err(|_| format!("counter name {name:?}"))?;
+            self.counters.insert(name.clone(), *value);
+        }
+        Ok(())
+    }
+
+    /// The counters, for a migration.
+    pub(crate) fn counters(&self) -> Vec<(String, u64)> {
+        self.counters.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+
+    /// Every sealed slot, opened: (slot, version, plaintext). Fails on the first blob that
+    /// does not open, so a migration never carries data the SM could not verify.
+    pub(crate) fn unseal_all(
+        &mut self,
+    ) -> Result<Vec<godwit_proto::SealedSlot>, (String, SealError)> {
+        let slots: Vec<(String, u64)> = self
+            .slots
+            .iter()
+            .map(|(s, v)| (s.clone(), v.version))
+            .collect();
+        slots
+            .into_iter()
+            .map(|(slot, version)| match self.unseal_slot(&slot) {
+                Ok(data) => Ok((slot, version, zeroize::Zeroizing::new(data))),
+                Err(e) => Err((slot, e)),
+            })
+            .collect()
+    }
+
+    /// Deletes every blob this instance sealed from the host's storage.
+    pub(crate) fn delete_blobs(&self) {
+        for slot in self.slots.keys() {
+            if let Err(e) = self.blobs.delete(self.id, slot) {
+                tracing::warn!(enclave = %self.id, slot, error = %e, "host failed to delete a sealed blob");
+            }
+        }
     }
 
     /// Fetches `slot`'s blob from the host and opens it, refusing anything but the newest
     /// version this SM sealed.
     pub(crate) fn unseal_slot(&mut self, slot: &str) -> Result<Vec<u8>, SealError> {
-        let newest = *self.versions.get(slot).ok_or(SealError::NotSealed)?;
+        let newest = self.slots.get(slot).ok_or(SealError::NotSealed)?.version;
         let blob = self
             .blobs
             .get(self.id, slot)
@@ -112,7 +221,7 @@ impl Services for InstanceServices {
 
     fn unseal(&mut self, slot: &[u8]) -> Result<Vec<u8>, AbiError> {
         let slot = valid_name(slot)?;
-        if !self.versions.contains_key(slot) {
+        if !self.slots.contains_key(slot) {
             return Err(AbiError::NotFound);
         }
         self.unseal_slot(slot).map_err(|e| {

@@ -41,6 +41,33 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], max_bytes: usize) -> Result<T, 
     Ok(value)
 }
 
+/// As [`decode`], for types that borrow from the input (e.g. `&[u8]` payloads), so bulk
+/// data is not copied.
+pub fn decode_borrowed<'a, T: serde::Deserialize<'a>>(
+    bytes: &'a [u8],
+    max_bytes: usize,
+) -> Result<T, DecodeError> {
+    if bytes.len() > max_bytes {
+        return Err(DecodeError::TooLong {
+            len: bytes.len(),
+            max: max_bytes,
+        });
+    }
+    let (value, rest) =
+        postcard::take_from_bytes(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(DecodeError::TrailingBytes(rest.len()));
+    }
+    Ok(value)
+}
+
+/// Encodes `value` into `out`, returning the bytes written; fails if `out` is too short.
+pub fn encode_into<T: Serialize>(value: &T, out: &mut [u8]) -> Result<usize, DecodeError> {
+    postcard::to_slice(value, out)
+        .map(|written| written.len())
+        .map_err(|e| DecodeError::Malformed(e.to_string()))
+}
+
 /// Encodes a value with the same encoding [`decode`] reads.
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     // Invariant: postcard serialisation into a Vec only fails for types serde cannot

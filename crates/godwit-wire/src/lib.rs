@@ -9,7 +9,7 @@ mod ids;
 mod manifest;
 mod state;
 
-pub use codec::{DecodeError, decode, encode};
+pub use codec::{DecodeError, decode, decode_borrowed, encode, encode_into};
 pub use ids::{EnclaveId, HostId, HostIdError, Measurement};
 pub use manifest::{Manifest, ManifestError};
 pub use state::GlobalValue;

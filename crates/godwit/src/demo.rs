@@ -35,7 +35,25 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
     let identity = manufacturer.provision(HostId::new("host1")?);
     let hw = Arc::new(SoftHardware::boot(identity, sm_measurement()));
     let blobs = Arc::new(MemoryBlobStore::default());
-    let mut sm = Monitor::new(hw, blobs.clone())?;
+    let config = godwit_monitor::MonitorConfig {
+        policy: godwit_attest::Policy {
+            roots: vec![manufacturer.root()],
+            allowed_sm: vec![sm_measurement()],
+            allowed_hosts: None,
+        },
+        timeouts: godwit_proto::TimeoutConfig::default(),
+        memory_budget_bytes: u64::MAX,
+    };
+    let mut sm = Monitor::new(hw, blobs.clone(), config)?;
+    let mut ledger = godwit_proto::Ledger::new();
+    let mut settle = |sm: &mut Monitor| {
+        while let Some(action) = sm.poll_action() {
+            if let godwit_monitor::Action::Store { request, op } = action {
+                let outcome = ledger.apply(&op);
+                sm.handle_store_reply(request, godwit_proto::StoreReply::Outcome(outcome));
+            }
+        }
+    };
     say(&format!(
         "host1: security monitor {} booted on emulated hardware",
         sm_measurement().short()
@@ -45,6 +63,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
     let id = sm
         .create(&COUNTER.module(), manifest.clone())
         .context("deploy counter")?;
+    settle(&mut sm);
     say(&format!(
         "deployed counter as enclave {id} (limit {} per host)",
         manifest.max_instances_per_host
@@ -84,6 +103,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
 
     for _ in 1..manifest.max_instances_per_host {
         sm.create(&COUNTER.module(), manifest.clone())?;
+        settle(&mut sm);
     }
     let over = sm.create(&COUNTER.module(), manifest.clone());
     checks.limit_refused = matches!(over, Err(MonitorError::InstanceLimit { .. }));

@@ -135,6 +135,7 @@ fn counters_are_monotonic_and_bounded() {
     .unwrap();
     let module = godwit_enclave::module_from_source(wat.as_bytes()).unwrap();
     let id = h.sm.create(&module, manifest).unwrap();
+    h.settle();
     let value = |v: Vec<u8>| u64::from_le_bytes(v.try_into().unwrap());
     assert_eq!(
         h.sm.call(id, "read", b"a"),
@@ -195,6 +196,7 @@ proptest! {
                     let before = h.sm.instances_of(&measurement);
                     match h.sm.create(&ex.module(), m.clone()) {
                         Ok(id) => {
+                            h.settle();
                             prop_assert!(before < m.max_instances_per_host);
                             live.push(id);
                         }

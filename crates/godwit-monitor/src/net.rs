@@ -1,0 +1,307 @@
+//! Connections to peer SMs: the attested handshake, then the channel, both held by the SM.
+//! The host moves frames (handshake messages, then sealed records) and never sees keys or
+//! plaintext.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use godwit_attest::{
+    AwaitClientFinish, AwaitServerHello, Channel, Initiator, Opened, RecordBuf, RecordType,
+    Responder,
+};
+use godwit_hw::TrustedInstant;
+use godwit_proto::{Deadline, MESSAGE_BYTES_MAX, Message};
+use godwit_wire::HostId;
+
+use crate::{Action, Event, Monitor};
+
+/// A connection to a peer SM, as the host and the SM both name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnId(pub u64);
+
+impl std::fmt::Display for ConnId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "conn#{}", self.0)
+    }
+}
+
+enum State {
+    /// The host is dialling.
+    Dialing,
+    AwaitServerHello(Box<AwaitServerHello>),
+    AwaitClientHello,
+    AwaitClientFinish(Box<AwaitClientFinish>),
+    Open(Box<Channel>),
+}
+
+pub(crate) struct Conn {
+    /// The host dialled (for outbound connections) or verified (once open).
+    peer: Option<HostId>,
+    dialled: bool,
+    state: State,
+    outbox: VecDeque<Vec<u8>>,
+    started: TrustedInstant,
+    handshake_deadline: Deadline,
+    /// How long the handshake took, once open.
+    attest: Option<Duration>,
+    scratch: RecordBuf,
+}
+
+#[derive(Default)]
+pub(crate) struct Connections {
+    conns: BTreeMap<ConnId, Conn>,
+    next: u64,
+}
+
+impl Connections {
+    pub(crate) fn timeouts(&self) -> impl Iterator<Item = TrustedInstant> + '_ {
+        self.conns
+            .values()
+            .filter(|c| !matches!(c.state, State::Open(_)))
+            .map(|c| c.handshake_deadline.at())
+    }
+
+    pub(crate) fn get_mut(&mut self, conn: ConnId) -> Option<&mut Conn> {
+        self.conns.get_mut(&conn)
+    }
+
+    /// The verified peer of an open connection.
+    pub(crate) fn open_peer(&self, conn: ConnId) -> Option<&HostId> {
+        self.conns
+            .get(&conn)
+            .filter(|c| matches!(c.state, State::Open(_)))
+            .and_then(|c| c.peer.as_ref())
+    }
+
+    pub(crate) fn is_open(&self, conn: ConnId) -> bool {
+        self.open_peer(conn).is_some()
+    }
+
+    pub(crate) fn attest_time(&self, conn: ConnId) -> Option<Duration> {
+        self.conns.get(&conn).and_then(|c| c.attest)
+    }
+}
+
+impl Monitor {
+    fn new_conn(&mut self, peer: Option<HostId>, dialled: bool, state: State) -> ConnId {
+        let now = self.hw.now();
+        let id = ConnId(self.net.next);
+        self.net.next += 1;
+        self.net.conns.insert(
+            id,
+            Conn {
+                peer,
+                dialled,
+                state,
+                outbox: VecDeque::new(),
+                started: now,
+                handshake_deadline: Deadline::after(now, self.config.timeouts.handshake_terms()),
+                attest: None,
+                scratch: RecordBuf::new(),
+            },
+        );
+        id
+    }
+
+    /// An outbound connection to `peer`, reusing one that is open or being opened.
+    pub(crate) fn dial(&mut self, peer: &HostId) -> ConnId {
+        if let Some((&id, _)) = self
+            .net
+            .conns
+            .iter()
+            .find(|(_, c)| c.dialled && c.peer.as_ref() == Some(peer))
+        {
+            return id;
+        }
+        let id = self.new_conn(Some(peer.clone()), true, State::Dialing);
+        self.actions.push_back(Action::Connect {
+            conn: id,
+            peer: peer.clone(),
+        });
+        id
+    }
+
+    /// The host established the connection it was asked to dial: the SM starts the
+    /// handshake.
+    pub fn connected(&mut self, conn: ConnId) {
+        let Some(c) = self.net.conns.get_mut(&conn) else {
+            return;
+        };
+        let (State::Dialing, Some(peer)) = (&c.state, c.peer.clone()) else {
+            return;
+        };
+        let (next, hello) = Initiator::start(self.hw.clone(), self.policy.clone(), peer);
+        c.state = State::AwaitServerHello(Box::new(next));
+        c.outbox.push_back(hello);
+        self.actions.push_back(Action::Wake { conn });
+    }
+
+    /// The host accepted an inbound connection; returns the id to use for it.
+    pub fn accept(&mut self) -> ConnId {
+        self.new_conn(None, false, State::AwaitClientHello)
+    }
+
+    /// The host's connection ended (or could not be made).
+    pub fn disconnected(&mut self, conn: ConnId) {
+        if self.net.conns.remove(&conn).is_some() {
+            self.connection_lost(conn, None);
+            self.check_invariants();
+        }
+    }
+
+    /// Gives up a connection: tells the host to close it and fails what depended on it.
+    fn drop_conn(&mut self, conn: ConnId, reason: String) {
+        tracing::warn!(%conn, %reason, "closing connection");
+        self.net.conns.remove(&conn);
+        self.actions.push_back(Action::Close { conn });
+        self.event(Event::PeerRefused {
+            conn,
+            reason: reason.clone(),
+        });
+        self.connection_lost(conn, Some(reason));
+    }
+
+    /// The next frame to send on `conn`, if any: handshake messages and control records
+    /// first, then migration data as the host asks for it (so the host's socket paces the
+    /// transfer).
+    pub fn poll_transmit(&mut self, conn: ConnId) -> Option<Vec<u8>> {
+        let c = self.net.conns.get_mut(&conn)?;
+        if let Some(frame) = c.outbox.pop_front() {
+            return Some(frame);
+        }
+        if !matches!(c.state, State::Open(_)) {
+            return None;
+        }
+        let frame = self.poll_migration_data(conn);
+        self.check_invariants();
+        frame
+    }
+
+    /// Seals one data record carrying whatever `fill` encodes into the payload area.
+    pub(crate) fn seal_into_frame(
+        c: &mut Conn,
+        fill: impl FnOnce(&[u8], &mut [u8]) -> Option<usize>,
+    ) -> Option<Vec<u8>> {
+        let Conn { state, scratch, .. } = c;
+        let State::Open(channel) = state else {
+            return None;
+        };
+        let chain: Vec<u8> = channel.sender().chain().to_vec();
+        let n = fill(&chain, scratch.payload_mut(MESSAGE_BYTES_MAX))?;
+        scratch.truncate_payload(n);
+        match channel.sender().seal(RecordType::Data, scratch) {
+            Ok(()) => Some(scratch.as_bytes().to_vec()),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot seal a record");
+                None
+            }
+        }
+    }
+
+    /// Encodes a control message into a sealed record on `conn`'s outbox.
+    pub(crate) fn send_message(&mut self, conn: ConnId, msg: &Message<'_>) {
+        let Some(c) = self.net.conns.get_mut(&conn) else {
+            return;
+        };
+        let frame = Self::seal_into_frame(c, |_, out| godwit_wire::encode_into(msg, out).ok());
+        match frame {
+            Some(frame) => {
+                c.outbox.push_back(frame);
+                self.actions.push_back(Action::Wake { conn });
+            }
+            None => self.drop_conn(conn, format!("cannot send {}", msg.kind())),
+        }
+    }
+
+    /// One frame from the peer on `conn`: a handshake message or a record. The record is
+    /// decrypted in place.
+    pub fn handle_frame(&mut self, conn: ConnId, frame: &mut [u8]) {
+        let Some(c) = self.net.conns.get_mut(&conn) else {
+            return;
+        };
+        let state = std::mem::replace(&mut c.state, State::Dialing);
+        match state {
+            State::Open(mut channel) => {
+                let chain_before = channel.receiver().chain().to_vec();
+                let peer = channel.peer().host().clone();
+                let opened = channel.receiver().open(frame).map(|o| match o {
+                    Opened::Data(d) => Some(d),
+                    Opened::Close => None,
+                });
+                c.state = State::Open(channel);
+                match opened {
+                    Ok(Some(payload)) => match Message::decode(payload) {
+                        Ok(msg) => self.dispatch(conn, &peer, msg, &chain_before),
+                        Err(e) => {
+                            self.drop_conn(conn, format!("undecodable message from {peer}: {e}"))
+                        }
+                    },
+                    Ok(None) => self.drop_conn(conn, format!("{peer} closed the channel")),
+                    Err(e) => self.drop_conn(conn, format!("record from {peer} refused: {e}")),
+                }
+            }
+            other => self.handshake_step(conn, other, frame),
+        }
+        self.check_invariants();
+    }
+
+    fn handshake_step(&mut self, conn: ConnId, state: State, frame: &[u8]) {
+        let now = self.hw.now();
+        let result = match state {
+            State::AwaitClientHello => {
+                Responder::respond(self.hw.clone(), self.policy.clone(), frame)
+                    .map(|(next, reply)| (State::AwaitClientFinish(Box::new(next)), Some(reply)))
+            }
+            State::AwaitServerHello(wait) => wait.receive(frame).map(|(session, finish)| {
+                (State::Open(Box::new(session.into_channel())), Some(finish))
+            }),
+            State::AwaitClientFinish(wait) => wait
+                .receive(frame)
+                .map(|session| (State::Open(Box::new(session.into_channel())), None)),
+            State::Dialing | State::Open(_) => {
+                return self.drop_conn(conn, "a frame before the connection was set up".into());
+            }
+        };
+        let Some(c) = self.net.conns.get_mut(&conn) else {
+            return;
+        };
+        match result {
+            Ok((next, reply)) => {
+                if let State::Open(channel) = &next {
+                    c.peer = Some(channel.peer().host().clone());
+                    c.attest = now.duration_since(c.started).ok();
+                    tracing::info!(%conn, peer = %channel.peer().host(), "attested channel open");
+                }
+                let opened = matches!(next, State::Open(_));
+                c.state = next;
+                if let Some(reply) = reply {
+                    c.outbox.push_back(reply);
+                    self.actions.push_back(Action::Wake { conn });
+                }
+                if opened {
+                    self.connection_opened(conn);
+                }
+            }
+            Err(e) => self.drop_conn(conn, format!("attestation failed: {e}")),
+        }
+    }
+
+    pub(crate) fn net_timeouts(&mut self, now: TrustedInstant) {
+        let expired: Vec<ConnId> = self
+            .net
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                !matches!(c.state, State::Open(_)) && c.handshake_deadline.expired(now)
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        for conn in expired {
+            let terms = self.net.conns[&conn].handshake_deadline.terms();
+            self.drop_conn(
+                conn,
+                format!("attestation did not complete in time: deadline {terms}"),
+            );
+        }
+    }
+}

@@ -1,0 +1,366 @@
+//! An in-memory world for scenario tests: monitors on simulated hardware, a network of
+//! frames the test can hold or drop, the ledger as the store, and virtual time. No
+//! sockets, no threads, no wall clock.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use godwit_attest::Policy;
+use godwit_enclave::examples::Example;
+use godwit_hw::{DeviceIdentity, Manufacturer, SimClock, SimHardware};
+use godwit_monitor::{
+    Action, ConnId, Event, MemoryBlobStore, Monitor, MonitorConfig, RequestId, sm_measurement,
+};
+use godwit_proto::{Ledger, LedgerOp, StoreReply, TimeoutConfig};
+use godwit_wire::{EnclaveId, HostId};
+
+pub struct Node {
+    pub sm: Monitor,
+    pub clock: SimClock,
+    pub blobs: Arc<MemoryBlobStore>,
+    identity: DeviceIdentity,
+    boots: u64,
+}
+
+/// What the network does with one frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Deliver,
+    /// Never delivered (the connection stalls: later frames queue behind it).
+    Hold,
+}
+
+/// A frame on the wire, as a filter sees it (ciphertext only).
+pub struct FrameInfo<'a> {
+    pub from: &'a HostId,
+    /// How many frames this direction of this link carried before.
+    pub index: usize,
+}
+
+type Filter = Box<dyn FnMut(&FrameInfo<'_>) -> Verdict>;
+type StoreFilter = Box<dyn FnMut(&HostId, &LedgerOp) -> bool>;
+
+pub struct World {
+    pub nodes: BTreeMap<HostId, Node>,
+    pub ledger: Ledger,
+    pub events: Vec<(HostId, Event)>,
+    /// Decides each frame's fate; delivers everything by default.
+    pub filter: Filter,
+    /// Returns false to answer a store write with `Unavailable` (nothing applied).
+    pub store_up: StoreFilter,
+    manufacturer: Manufacturer,
+    policy: Policy,
+    config: TimeoutConfig,
+    budget: u64,
+    links: BTreeMap<(HostId, ConnId), (HostId, ConnId)>,
+    sent: BTreeMap<(HostId, ConnId), usize>,
+    /// Frames held back per link direction, in order (a stalled direction).
+    held: BTreeMap<(HostId, ConnId), VecDeque<Vec<u8>>>,
+    frames: VecDeque<((HostId, ConnId), Vec<u8>)>,
+    writes: VecDeque<(HostId, RequestId, LedgerOp)>,
+    pub now: Duration,
+}
+
+pub fn h(name: &str) -> HostId {
+    HostId::new(name).unwrap()
+}
+
+impl World {
+    pub fn new(hosts: &[&str]) -> Self {
+        Self::with(hosts, TimeoutConfig::default(), u64::MAX)
+    }
+
+    pub fn with(hosts: &[&str], config: TimeoutConfig, budget: u64) -> Self {
+        let manufacturer = Manufacturer::from_seed([7; 32]);
+        let policy = Policy {
+            roots: vec![manufacturer.root()],
+            allowed_sm: vec![sm_measurement()],
+            allowed_hosts: None,
+        };
+        let mut w = Self {
+            nodes: BTreeMap::new(),
+            ledger: Ledger::new(),
+            events: Vec::new(),
+            filter: Box::new(|_| Verdict::Deliver),
+            store_up: Box::new(|_, _| true),
+            manufacturer,
+            policy,
+            config,
+            budget,
+            links: BTreeMap::new(),
+            sent: BTreeMap::new(),
+            held: BTreeMap::new(),
+            frames: VecDeque::new(),
+            writes: VecDeque::new(),
+            now: Duration::ZERO,
+        };
+        for (i, name) in hosts.iter().enumerate() {
+            let identity = w
+                .manufacturer
+                .provision_from_secret(h(name), [i as u8 + 1; 32].into());
+            let node = w.boot(identity, 0);
+            w.nodes.insert(h(name), node);
+        }
+        w
+    }
+
+    fn boot(&self, identity: DeviceIdentity, boots: u64) -> Node {
+        let seed = u64::from(identity.certificate().host.as_str().as_bytes()[0]) * 1000 + boots;
+        let (hw, clock) = SimHardware::new(identity.clone(), sm_measurement(), seed);
+        let blobs = Arc::new(MemoryBlobStore::default());
+        let config = MonitorConfig {
+            policy: self.policy.clone(),
+            timeouts: self.config.clone(),
+            memory_budget_bytes: self.budget,
+        };
+        let sm = Monitor::new(Arc::new(hw), blobs.clone(), config).unwrap();
+        Node {
+            sm,
+            clock,
+            blobs,
+            identity,
+            boots,
+        }
+    }
+
+    pub fn sm(&mut self, host: &str) -> &mut Monitor {
+        &mut self.nodes.get_mut(&h(host)).unwrap().sm
+    }
+
+    pub fn sm_ref(&self, host: &str) -> &Monitor {
+        &self.nodes[&h(host)].sm
+    }
+
+    /// Power-cycles a host: its SM and everything in its memory are gone; its disk (sealed
+    /// blobs) stays; its connections drop.
+    pub fn reboot(&mut self, host: &str) {
+        let old = self.nodes.remove(&h(host)).unwrap();
+        let mut node = self.boot(old.identity, old.boots + 1);
+        node.blobs = old.blobs;
+        self.nodes.insert(h(host), node);
+        let dead: Vec<_> = self
+            .links
+            .keys()
+            .filter(|(owner, _)| owner.as_str() == host)
+            .cloned()
+            .collect();
+        for end in dead {
+            if let Some(peer) = self.links.remove(&end) {
+                self.links.remove(&peer);
+                if let Some(n) = self.nodes.get_mut(&peer.0) {
+                    n.sm.disconnected(peer.1);
+                }
+            }
+        }
+    }
+
+    /// Deploys an example on `host` and runs until it is registered.
+    pub fn deploy(&mut self, host: &str, ex: Example) -> EnclaveId {
+        let id = self.sm(host).create(&ex.module(), ex.manifest()).unwrap();
+        self.settle();
+        id
+    }
+
+    pub fn call(&mut self, host: &str, id: EnclaveId, f: &str) -> String {
+        String::from_utf8(self.sm(host).call(id, f, b"").unwrap()).unwrap()
+    }
+
+    /// Delivers frames and store writes until nothing moves, without advancing time.
+    pub fn settle(&mut self) {
+        for _ in 0..1_000_000 {
+            if !self.step() {
+                return;
+            }
+        }
+        panic!("the world did not settle");
+    }
+
+    fn step(&mut self) -> bool {
+        let mut moved = false;
+        let hosts: Vec<HostId> = self.nodes.keys().cloned().collect();
+        for host in &hosts {
+            while let Some(action) = self.nodes.get_mut(host).and_then(|n| n.sm.poll_action()) {
+                moved = true;
+                self.act(host, action);
+            }
+        }
+        if let Some((to, mut frame)) = self.frames.pop_front() {
+            moved = true;
+            if self.links.contains_key(&to)
+                && let Some(n) = self.nodes.get_mut(&to.0)
+            {
+                n.sm.handle_frame(to.1, &mut frame);
+            }
+        }
+        if let Some((host, request, op)) = self.writes.pop_front() {
+            moved = true;
+            let reply = if (self.store_up)(&host, &op) {
+                StoreReply::Outcome(self.ledger.apply(&op))
+            } else {
+                StoreReply::Unavailable("store partitioned away".into())
+            };
+            if let Some(n) = self.nodes.get_mut(&host) {
+                n.sm.handle_store_reply(request, reply);
+            }
+        }
+        moved
+    }
+
+    fn act(&mut self, host: &HostId, action: Action) {
+        match action {
+            Action::Connect { conn, peer } => {
+                let Some(p) = self.nodes.get_mut(&peer) else {
+                    return self.nodes.get_mut(host).unwrap().sm.disconnected(conn);
+                };
+                let theirs = p.sm.accept();
+                self.links
+                    .insert((host.clone(), conn), (peer.clone(), theirs));
+                self.links.insert((peer, theirs), (host.clone(), conn));
+                self.nodes.get_mut(host).unwrap().sm.connected(conn);
+            }
+            Action::Wake { conn } => self.pump(host, conn),
+            Action::Close { conn } => {
+                if let Some(peer) = self.links.remove(&(host.clone(), conn)) {
+                    self.links.remove(&peer);
+                    if let Some(n) = self.nodes.get_mut(&peer.0) {
+                        n.sm.disconnected(peer.1);
+                    }
+                }
+            }
+            Action::Store { request, op } => self.writes.push_back((host.clone(), request, op)),
+            Action::Event(e) => self.events.push((host.clone(), e)),
+            other => panic!("unexpected action {other:?}"),
+        }
+    }
+
+    /// Pulls every frame `conn` has to send and puts it on the wire (or holds it).
+    fn pump(&mut self, host: &HostId, conn: ConnId) {
+        let Some(&(ref peer, peer_conn)) = self.links.get(&(host.clone(), conn)) else {
+            return;
+        };
+        let (peer, key) = (peer.clone(), (host.clone(), conn));
+        while let Some(frame) = self
+            .nodes
+            .get_mut(host)
+            .and_then(|n| n.sm.poll_transmit(conn))
+        {
+            let index = *self.sent.get(&key).unwrap_or(&0);
+            self.sent.insert(key.clone(), index + 1);
+            let stalled = self.held.contains_key(&key);
+            let info = FrameInfo { from: host, index };
+            if stalled || (self.filter)(&info) == Verdict::Hold {
+                self.held.entry(key.clone()).or_default().push_back(frame);
+                continue;
+            }
+            self.frames.push_back(((peer.clone(), peer_conn), frame));
+        }
+    }
+
+    /// Ends every stall: held frames go out in order, and the filter delivers everything.
+    pub fn release(&mut self) {
+        self.filter = Box::new(|_| Verdict::Deliver);
+        for ((host, conn), frames) in std::mem::take(&mut self.held) {
+            if let Some((peer, peer_conn)) = self.links.get(&(host, conn)).cloned() {
+                for frame in frames {
+                    self.frames.push_back(((peer.clone(), peer_conn), frame));
+                }
+            }
+        }
+    }
+
+    /// Runs, advancing virtual time to each next deadline, until `done` or `limit` of
+    /// virtual time has passed. Returns whether `done` held.
+    pub fn run_until(&mut self, limit: Duration, mut done: impl FnMut(&World) -> bool) -> bool {
+        let end = self.now + limit;
+        loop {
+            self.settle();
+            if done(self) {
+                return true;
+            }
+            // Advance to the earliest deadline, in steps no larger than 10 ms.
+            let next = self
+                .nodes
+                .values()
+                .filter_map(|n| {
+                    let t = n.sm.poll_timeout()?;
+                    let now = n.sm.hardware().now();
+                    Some(t.duration_since(now).unwrap_or(Duration::ZERO))
+                })
+                .min()
+                .unwrap_or(Duration::from_millis(10))
+                .clamp(Duration::from_micros(1), Duration::from_millis(10));
+            if self.now >= end {
+                return false;
+            }
+            self.now += next;
+            for n in self.nodes.values_mut() {
+                n.clock.advance(next);
+                n.sm.handle_timeout();
+            }
+        }
+    }
+
+    /// The outcome of migration events so far, for one host.
+    pub fn finished(&self, host: &str) -> Vec<&Event> {
+        self.events
+            .iter()
+            .filter(|(who, e)| {
+                who.as_str() == host
+                    && matches!(
+                        e,
+                        Event::MigrationFinished { .. } | Event::IncomingFinished { .. }
+                    )
+            })
+            .map(|(_, e)| e)
+            .collect()
+    }
+
+    /// Runs until `host` reports an outgoing migration finished; returns its outcome.
+    pub fn finish_migration(
+        &mut self,
+        host: &str,
+    ) -> Result<godwit_monitor::MigrationReport, godwit_proto::AbortReason> {
+        let host = h(host);
+        let found = self.run_until(Duration::from_secs(600), |w| {
+            w.events
+                .iter()
+                .any(|(who, e)| *who == host && matches!(e, Event::MigrationFinished { .. }))
+        });
+        assert!(found, "migration did not finish within 10 virtual minutes");
+        let idx = self
+            .events
+            .iter()
+            .position(|(who, e)| *who == host && matches!(e, Event::MigrationFinished { .. }))
+            .unwrap();
+        let (_, e) = self.events.remove(idx);
+        match e {
+            Event::MigrationFinished { outcome, .. } => outcome,
+            _ => unreachable!(),
+        }
+    }
+
+    /// Hosts on which `id` is resident, and the states it is in.
+    pub fn copies(&self, id: EnclaveId) -> Vec<(String, godwit_monitor::EnclaveState)> {
+        self.nodes
+            .iter()
+            .filter_map(|(host, n)| n.sm.info(id).ok().map(|i| (host.to_string(), i.state)))
+            .collect()
+    }
+
+    /// Every SM's invariants, and no enclave running in two places.
+    pub fn check(&self) {
+        let mut running: BTreeMap<EnclaveId, Vec<String>> = BTreeMap::new();
+        for (host, n) in &self.nodes {
+            n.sm.check_invariants();
+            for info in n.sm.list() {
+                if info.state == godwit_monitor::EnclaveState::Running {
+                    running.entry(info.id).or_default().push(host.to_string());
+                }
+            }
+        }
+        for (id, hosts) in running {
+            assert!(hosts.len() <= 1, "enclave {id} runs on {hosts:?}");
+        }
+    }
+}
