@@ -1,0 +1,117 @@
+use std::sync::Arc;
+
+use godwit_hw::{Manufacturer, SimHardware};
+use godwit_proto::{LedgerOp, LedgerOutcome};
+use godwit_store::{OpenError, Sealer, TypeConfig};
+use godwit_wire::{EnclaveId, HostId, Measurement};
+use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
+use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftLogReader, Vote};
+use redb::{ReadableTable, TableDefinition};
+
+const LOGS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("logs");
+
+fn sealer(secret: u8) -> Sealer {
+    let m = Manufacturer::from_seed([1; 32]);
+    let id = m.provision_from_secret(HostId::new("h").unwrap(), [secret; 32].into());
+    let (hw, _) = SimHardware::new(id, Measurement([3; 32]), 4);
+    Sealer::new(Arc::new(hw))
+}
+
+fn entry(index: u64) -> Entry<TypeConfig> {
+    Entry {
+        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+        payload: EntryPayload::Normal(LedgerOp::Register {
+            id: EnclaveId([index as u8; 16]),
+            app: Measurement([9; 32]),
+            app_name: "secret-app-name".into(),
+            owner: HostId::new("host1").unwrap(),
+            max_instances_cluster: None,
+        }),
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+}
+
+/// Writes three entries and a vote with `sealer`, returns the database path.
+fn write_some(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("raft.redb");
+    rt().block_on(async {
+        let (mut log, mut sm) = godwit_store::open(&path, sealer(2)).unwrap();
+        log.save_vote(&Vote::new(1, 1)).await.unwrap();
+        let entries: Vec<_> = (1..=3).map(entry).collect();
+        log.blocking_append(entries.clone()).await.unwrap();
+        let out = sm.apply(entries).await.unwrap();
+        assert!(matches!(out[0], LedgerOutcome::Applied(Some(_))));
+    });
+    path
+}
+
+#[test]
+fn nothing_the_host_stores_is_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_some(dir.path());
+    let bytes = std::fs::read(&path).unwrap();
+    for needle in [&b"secret-app-name"[..], b"host1"] {
+        assert!(
+            !bytes.windows(needle.len()).any(|w| w == needle),
+            "plaintext on disk"
+        );
+    }
+    // And it reopens under the same SM.
+    rt().block_on(async {
+        let (mut log, _) = godwit_store::open(&path, sealer(2)).unwrap();
+        assert_eq!(log.read_vote().await.unwrap(), Some(Vote::new(1, 1)));
+        assert_eq!(log.try_get_log_entries(1..4).await.unwrap().len(), 3);
+    });
+}
+
+#[test]
+fn a_corrupted_or_foreign_store_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_some(dir.path());
+    // Another device (or another SM) cannot open it.
+    assert!(matches!(
+        godwit_store::open(&path, sealer(5)),
+        Err(OpenError::Corrupt(_))
+    ));
+    // A host that alters one entry is caught at start.
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let tx = db.begin_write().unwrap();
+        {
+            let mut t = tx.open_table(LOGS).unwrap();
+            let mut v = t.get(2).unwrap().unwrap().value().to_vec();
+            v[20] ^= 1;
+            t.insert(2, v.as_slice()).unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    match godwit_store::open(&path, sealer(2)) {
+        Err(OpenError::Corrupt(c)) => assert_eq!(c.what, "log entry 2"),
+        other => panic!("expected corruption, got {:?}", other.err()),
+    }
+}
+
+#[test]
+fn an_entry_moved_to_another_index_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_some(dir.path());
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let tx = db.begin_write().unwrap();
+        {
+            let mut t = tx.open_table(LOGS).unwrap();
+            let v = t.get(1).unwrap().unwrap().value().to_vec();
+            t.insert(3, v.as_slice()).unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    assert!(matches!(
+        godwit_store::open(&path, sealer(2)),
+        Err(OpenError::Corrupt(_))
+    ));
+}
