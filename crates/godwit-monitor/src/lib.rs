@@ -34,7 +34,7 @@ use godwit_proto::{AbortReason, LedgerOp, LedgerOutcome, MigrationId, StoreReply
 use godwit_wire::{EnclaveId, HostId, Manifest, Measurement};
 
 pub use host::{BlobStore, HostError, MemoryBlobStore};
-pub use net::ConnId;
+pub use net::{ConnId, STORE_MESSAGE_BYTES_MAX};
 pub use seal::SealError;
 pub use services::{COUNTERS_MAX, InstanceServices, SLOTS_MAX};
 
@@ -187,6 +187,16 @@ pub enum Action {
         request: RequestId,
         /// The write.
         op: LedgerOp,
+    },
+    /// Store traffic from `peer` (a Raft RPC, a forwarded write, or a reply), for the
+    /// host's store member. Replies go back with [`Monitor::send_store_on`].
+    StoreMessage {
+        /// The connection it came on.
+        conn: ConnId,
+        /// The attested peer that sent it.
+        peer: HostId,
+        /// The payload.
+        bytes: Vec<u8>,
     },
     /// Something for the operator.
     Event(Event),

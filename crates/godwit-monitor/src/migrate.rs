@@ -435,8 +435,11 @@ impl Monitor {
                 continue;
             };
             let memory = r.enclave.memory();
-            let frame =
-                Self::seal_into_frame(c, |chain, out| machine.poll_data(now, memory, chain, out));
+            let frame = Self::seal_into_frame(c, |chain, out| {
+                let (prefix, rest) = out.split_first_mut()?;
+                *prefix = crate::net::MIGRATION_PREFIX;
+                machine.poll_data(now, memory, chain, rest).map(|n| n + 1)
+            });
             self.drive_out(m);
             if frame.is_some() {
                 return frame;

@@ -13,7 +13,27 @@ use godwit_hw::TrustedInstant;
 use godwit_proto::{Deadline, MESSAGE_BYTES_MAX, Message};
 use godwit_wire::HostId;
 
+use serde::{Deserialize, Serialize};
+
 use crate::{Action, Event, Monitor};
+
+/// What a channel record carries: a migration message, or store traffic (Raft RPCs and
+/// forwarded writes), opaque to the SM's migration code and handed to the host's store
+/// member as [`Action::StoreMessage`].
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum ChannelMessage<'a> {
+    #[serde(borrow)]
+    Migration(Message<'a>),
+    Store(&'a [u8]),
+}
+
+/// The encoding of `ChannelMessage::Migration(m)` is this byte followed by `m`'s encoding
+/// (postcard writes an enum's variant index as a varint), so bulk data can be encoded into
+/// a record without an intermediate copy.
+pub(crate) const MIGRATION_PREFIX: u8 = 0;
+
+/// Largest store payload one record carries.
+pub const STORE_MESSAGE_BYTES_MAX: usize = MESSAGE_BYTES_MAX - 16;
 
 /// A connection to a peer SM, as the host and the SM both name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -45,6 +65,27 @@ pub(crate) struct Conn {
     /// How long the handshake took, once open.
     attest: Option<Duration>,
     scratch: RecordBuf,
+    /// Store traffic waiting for the channel to open.
+    pending_store: Vec<Vec<u8>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_migration_prefix_matches_postcards_encoding() {
+        let msg = Message::Transfer {
+            migration: godwit_proto::MigrationId([3; 16]),
+            network_delay_us: 7,
+        };
+        let wrapped = godwit_wire::encode(&ChannelMessage::Migration(msg.clone()));
+        let mut manual = vec![MIGRATION_PREFIX];
+        manual.extend(godwit_wire::encode(&msg));
+        assert_eq!(wrapped, manual);
+        let store = godwit_wire::encode(&ChannelMessage::Store(b"x"));
+        assert_ne!(store[0], MIGRATION_PREFIX);
+    }
 }
 
 #[derive(Default)]
@@ -98,6 +139,7 @@ impl Monitor {
                 handshake_deadline: Deadline::after(now, self.config.timeouts.handshake_terms()),
                 attest: None,
                 scratch: RecordBuf::new(),
+                pending_store: Vec::new(),
             },
         );
         id
@@ -200,6 +242,10 @@ impl Monitor {
 
     /// Encodes a control message into a sealed record on `conn`'s outbox.
     pub(crate) fn send_message(&mut self, conn: ConnId, msg: &Message<'_>) {
+        self.send_channel(conn, &ChannelMessage::Migration(msg.clone()), msg.kind());
+    }
+
+    fn send_channel(&mut self, conn: ConnId, msg: &ChannelMessage<'_>, what: &str) {
         let Some(c) = self.net.conns.get_mut(&conn) else {
             return;
         };
@@ -209,8 +255,34 @@ impl Monitor {
                 c.outbox.push_back(frame);
                 self.actions.push_back(Action::Wake { conn });
             }
-            None => self.drop_conn(conn, format!("cannot send {}", msg.kind())),
+            None => self.drop_conn(conn, format!("cannot send {what}")),
         }
+    }
+
+    /// Sends store traffic (a Raft RPC or a forwarded write) to `peer` over the attested
+    /// channel, dialling it if needed; it waits in the SM until the channel opens. Returns
+    /// the connection, or `None` if the payload is too large for one record.
+    pub fn send_store(&mut self, peer: &HostId, bytes: &[u8]) -> Option<ConnId> {
+        if bytes.len() > STORE_MESSAGE_BYTES_MAX {
+            return None;
+        }
+        let conn = self.dial(peer);
+        if self.net.is_open(conn) {
+            self.send_channel(conn, &ChannelMessage::Store(bytes), "store message");
+        } else if let Some(c) = self.net.conns.get_mut(&conn) {
+            c.pending_store.push(bytes.to_vec());
+        }
+        Some(conn)
+    }
+
+    /// Sends store traffic on a given connection (a reply); `false` if it is not open or
+    /// the payload too large.
+    pub fn send_store_on(&mut self, conn: ConnId, bytes: &[u8]) -> bool {
+        if bytes.len() > STORE_MESSAGE_BYTES_MAX || !self.net.is_open(conn) {
+            return false;
+        }
+        self.send_channel(conn, &ChannelMessage::Store(bytes), "store message");
+        true
     }
 
     /// One frame from the peer on `conn`: a handshake message or a record. The record is
@@ -230,12 +302,22 @@ impl Monitor {
                 });
                 c.state = State::Open(channel);
                 match opened {
-                    Ok(Some(payload)) => match Message::decode(payload) {
-                        Ok(msg) => self.dispatch(conn, &peer, msg, &chain_before),
-                        Err(e) => {
-                            self.drop_conn(conn, format!("undecodable message from {peer}: {e}"))
+                    Ok(Some(payload)) => {
+                        match godwit_wire::decode_borrowed(payload, MESSAGE_BYTES_MAX) {
+                            Ok(ChannelMessage::Migration(msg)) => {
+                                self.dispatch(conn, &peer, msg, &chain_before)
+                            }
+                            Ok(ChannelMessage::Store(bytes)) => {
+                                self.actions.push_back(Action::StoreMessage {
+                                    conn,
+                                    peer,
+                                    bytes: bytes.to_vec(),
+                                })
+                            }
+                            Err(e) => self
+                                .drop_conn(conn, format!("undecodable message from {peer}: {e}")),
                         }
-                    },
+                    }
                     Ok(None) => self.drop_conn(conn, format!("{peer} closed the channel")),
                     Err(e) => self.drop_conn(conn, format!("record from {peer} refused: {e}")),
                 }
@@ -279,6 +361,9 @@ impl Monitor {
                     self.actions.push_back(Action::Wake { conn });
                 }
                 if opened {
+                    for bytes in std::mem::take(&mut c.pending_store) {
+                        self.send_channel(conn, &ChannelMessage::Store(&bytes), "store message");
+                    }
                     self.connection_opened(conn);
                 }
             }
