@@ -402,18 +402,22 @@ impl Monitor {
                 resume_to: EnclaveState::Running,
             },
         );
-        self.store(
-            Pending::Register(id),
-            LedgerOp::Register {
-                id,
-                app,
-                app_name: loaded.manifest().name.clone(),
-                owner: self.host().clone(),
-                max_instances_cluster: loaded.manifest().max_instances_cluster,
-            },
-        );
+        if let Some(op) = self.register_op(id) {
+            self.store(Pending::Register(id), op);
+        }
         self.check_invariants();
         Ok(id)
+    }
+
+    fn register_op(&self, id: EnclaveId) -> Option<LedgerOp> {
+        let module = self.enclaves.get(&id)?.enclave.module();
+        Some(LedgerOp::Register {
+            id,
+            app: module.measurement(),
+            app_name: module.manifest().name.clone(),
+            owner: self.host().clone(),
+            max_instances_cluster: module.manifest().max_instances_cluster,
+        })
     }
 
     fn fresh_id(&self) -> EnclaveId {
@@ -559,6 +563,15 @@ impl Monitor {
     }
 
     fn registered(&mut self, id: EnclaveId, reply: StoreReply) {
+        if let StoreReply::Unavailable(why) = &reply {
+            // Unknown whether it was applied: ask again (a repeated registration is answered
+            // alike). The enclave stays `registering`, not running, meanwhile.
+            tracing::warn!(enclave = %id, %why, "store unavailable; registering again");
+            if let Some(op) = self.register_op(id) {
+                self.store(Pending::Register(id), op);
+            }
+            return;
+        }
         match reply {
             StoreReply::Outcome(LedgerOutcome::Applied(_)) => {
                 if let Some(r) = self.enclaves.get_mut(&id)

@@ -298,7 +298,11 @@ impl Ledger {
         owner: &HostId,
         cap: Option<u32>,
     ) -> LedgerOutcome {
-        if self.records.contains_key(&id) {
+        if let Some(r) = self.records.get(&id) {
+            // The same registration repeated (its first reply was lost) is answered alike.
+            if r.app == app && r.owner == *owner && r.epoch == 0 && r.last_decision.is_none() {
+                return LedgerOutcome::Applied(Some(r.clone()));
+            }
             return self.refuse(id, LedgerRefusal::AlreadyRegistered);
         }
         if let Some(limit) = cap {

@@ -1,13 +1,18 @@
-//! `godwit`: the command-line tool. Runs the demo and (as the host) the daemon and its
-//! client commands.
+//! `godwit`: the command-line tool. Runs the demo, the host daemon, and the client
+//! commands the hypervisor or operator uses.
 
 // Printing is this binary's job.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod bench;
+mod client;
 mod demo;
 
+use std::path::PathBuf;
+use std::process::ExitCode;
+
 use clap::{Parser, Subcommand};
+use client::ConfigArg;
 
 /// Secure migration of running enclaves between hosts.
 #[derive(Parser)]
@@ -19,18 +24,102 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the demonstration with no set-up: deploy, call, seal, refuse past the limit.
+    /// Run the demonstration with no set-up: a cluster in this process, a migration.
     Demo(demo::DemoArgs),
+    /// Lay out or change a cluster.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Run one host: its SM, its store member, its control API.
+    Node {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Create an enclave; prints its id as the last line.
+    Deploy {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The module (.wasm or .wat).
+        #[arg(long)]
+        module: PathBuf,
+        /// Its manifest (.toml).
+        #[arg(long)]
+        manifest: PathBuf,
+    },
+    /// Run an ecall and print its result; fails if this host does not run the enclave.
+    Call {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The enclave id.
+        enclave: String,
+        /// The ecall.
+        function: String,
+        /// The argument.
+        #[arg(long, default_value = "")]
+        arg: String,
+    },
+    /// Migrate an enclave to another host; exit 0 on COMMIT.
+    Migrate {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The enclave id.
+        enclave: String,
+        /// The destination host.
+        #[arg(long)]
+        to: String,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Destroy an enclave.
+    Destroy {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The enclave id.
+        enclave: String,
+    },
+    /// Show hosts (up, leader) and enclaves (owner, epoch, state).
+    Status {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Migrate every enclave off a host.
+    Drain {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The host to empty.
+        host: String,
+    },
     /// Measure throughput beside the machine's own limits.
     Bench(bench::BenchArgs),
 }
 
-fn main() -> std::process::ExitCode {
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Write a manufacturer root, one hardware identity and one config per host.
+    Init {
+        /// The directory to create.
+        #[arg(long)]
+        dir: PathBuf,
+        /// How many hosts.
+        #[arg(long, default_value_t = 3)]
+        hosts: usize,
+        /// Host K listens on 127.0.0.1:(base-port + K).
+        #[arg(long, default_value_t = 7100)]
+        base_port: u16,
+    },
+}
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The demo narrates on stdout and expects refusals; other commands log warnings.
+    // The demo narrates on stdout and expects refusals; the daemon logs its work.
+    // openraft reports peers that are not up yet as errors; start-up makes many of those.
     let default_filter = match cli.command {
-        Command::Demo(_) => "error",
-        Command::Bench(_) => "warn",
+        Command::Demo(_) => "error,openraft=off",
+        Command::Node { .. } => "info,openraft=warn",
+        _ => "warn",
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -41,13 +130,39 @@ fn main() -> std::process::ExitCode {
         .init();
     let result = match cli.command {
         Command::Demo(args) => demo::run(args),
+        Command::Cluster(ClusterCommand::Init {
+            dir,
+            hosts,
+            base_port,
+        }) => client::cluster_init(&dir, hosts, base_port),
+        Command::Node { config } => client::node(&config.config),
+        Command::Deploy {
+            config,
+            module,
+            manifest,
+        } => client::deploy(&config.config, &module, &manifest),
+        Command::Call {
+            config,
+            enclave,
+            function,
+            arg,
+        } => client::call(&config.config, enclave, function, arg),
+        Command::Migrate {
+            config,
+            enclave,
+            to,
+            json,
+        } => client::migrate(&config.config, enclave, to, json),
+        Command::Destroy { config, enclave } => client::destroy(&config.config, enclave),
+        Command::Status { config, json } => client::status(&config.config, json),
+        Command::Drain { config, host } => client::drain(&config.config, host),
         Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("godwit: {e:#}");
-            std::process::ExitCode::FAILURE
+            ExitCode::FAILURE
         }
     }
 }

@@ -1,4 +1,6 @@
 //! End-to-end tests of the `godwit` binary.
 
 mod bench;
+mod cluster;
 mod demo;
+mod support;

@@ -1,0 +1,19 @@
+//! The godwit host daemon (`godwit node`): the untrusted host around one SM.
+//!
+//! It dials and accepts TCP connections between SMs (length-delimited frames whose content
+//! the SM seals), stores sealed blobs and the store member's sealed files on disk, sleeps
+//! until the SM's next deadline (the SM reads its trusted timer itself when woken), runs
+//! the store member (openraft, whose RPCs travel inside the SMs' channels), and serves the
+//! local control API for the hypervisor and operator.
+
+pub mod cluster;
+pub mod config;
+pub mod control;
+mod disk;
+mod node;
+mod raftnet;
+mod serve;
+
+pub use config::{ConfigError, NodeConfig};
+pub use disk::DirBlobStore;
+pub use node::{FRAME_BYTES_MAX, Node, NodeError};

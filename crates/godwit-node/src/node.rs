@@ -1,0 +1,563 @@
+//! The host daemon's runtime: it gives its SM a network, a disk and a clock to sleep on,
+//! and runs the SM's store member. Everything it moves is sealed by the SM; everything it
+//! hands the SM is checked there.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use godwit_hw::{DeviceIdentity, Hardware, SoftHardware};
+use godwit_monitor::{Action, ConnId, Event, Monitor, MonitorConfig, sm_measurement};
+use godwit_proto::{LedgerOp, StoreReply};
+use godwit_store::{LedgerView, NodeId, Raft, Sealer};
+use godwit_wire::HostId;
+use openraft::BasicNode;
+use openraft::error::{ClientWriteError, RaftError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, broadcast, oneshot};
+
+use crate::config::NodeConfig;
+use crate::disk::DirBlobStore;
+use crate::raftnet::{RaftNet, RpcFail, StoreMsg, StoreRequest, StoreResponse, WriteError, author};
+
+/// Largest frame read from a peer: one record of the largest payload, or a handshake
+/// message.
+pub const FRAME_BYTES_MAX: usize =
+    godwit_attest::RECORD_PAYLOAD_BYTES_MAX + godwit_attest::RECORD_OVERHEAD_BYTES;
+/// How long a write may wait for the store before the SM is told it is unavailable.
+const PROPOSE_TIMEOUT: Duration = Duration::from_millis(2500);
+/// A peer whose dial failed is not dialled again for this long (the Raft RPC to it fails
+/// at once as unreachable, so openraft backs off).
+const REDIAL_BACKOFF: Duration = Duration::from_millis(500);
+/// How often members ping each other (for `status`'s `up`).
+const PING_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The device identity could not be loaded.
+    #[error("device identity: {0}")]
+    Identity(#[from] godwit_hw::IdentityError),
+    /// The identity belongs to another host than the configuration says.
+    #[error(
+        "the device in {dir} was provisioned as {found}, but the configuration says id = {expected:?}"
+    )]
+    WrongHost {
+        /// The identity directory.
+        dir: String,
+        /// Its host.
+        found: String,
+        /// The configured id.
+        expected: String,
+    },
+    /// The store's files could not be opened (or failed authentication).
+    #[error("store: {0}")]
+    Store(#[from] godwit_store::OpenError),
+    /// Anything else at start-up.
+    #[error("{0}")]
+    Start(String),
+}
+
+struct ConnTask {
+    wake: Arc<Notify>,
+    close: Arc<Notify>,
+}
+
+/// Shared state of a running node.
+pub(crate) struct Inner {
+    pub(crate) cfg: NodeConfig,
+    pub(crate) hw: Arc<dyn Hardware>,
+    monitor: Mutex<Monitor>,
+    conns: Mutex<HashMap<ConnId, ConnTask>>,
+    raft: std::sync::OnceLock<Raft>,
+    pub(crate) ledger: LedgerView,
+    rpcs: Mutex<HashMap<u64, oneshot::Sender<StoreResponse>>>,
+    next_rpc: AtomicU64,
+    pub(crate) events: broadcast::Sender<Event>,
+    timer: Notify,
+    unreachable: Mutex<HashMap<HostId, Instant>>,
+    pub(crate) heard: Mutex<HashMap<HostId, Instant>>,
+    pub(crate) token: String,
+    shutdown: Notify,
+}
+
+/// The host's own clock, for its own business (back-off, liveness, how long to wait for
+/// the store). The SM never sees it: its deadlines are on the trusted timer.
+#[allow(clippy::disallowed_methods)]
+pub(crate) fn host_now() -> Instant {
+    Instant::now()
+}
+
+/// The host's own randomness, for its own business (control tokens, port choice).
+#[allow(clippy::disallowed_methods)]
+pub(crate) fn host_random(out: &mut [u8]) -> Result<(), getrandom::Error> {
+    getrandom::fill(out)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding one of these locks is a bug that already failed loudly; the
+    // protected state is kept consistent by the SM's own checks.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Inner {
+    /// Runs `f` on the SM, then carries out the actions it produced.
+    pub(crate) fn with<R>(self: &Arc<Self>, f: impl FnOnce(&mut Monitor) -> R) -> R {
+        let (r, actions) = {
+            let mut m = lock(&self.monitor);
+            let r = f(&mut m);
+            let mut actions = Vec::new();
+            while let Some(a) = m.poll_action() {
+                actions.push(a);
+            }
+            (r, actions)
+        };
+        for a in actions {
+            self.act(a);
+        }
+        self.timer.notify_one();
+        r
+    }
+
+    pub(crate) fn raft(&self) -> Option<&Raft> {
+        self.raft.get()
+    }
+
+    fn act(self: &Arc<Self>, action: Action) {
+        match action {
+            Action::Connect { conn, peer } => {
+                tokio::spawn(Arc::clone(self).dial(conn, peer));
+            }
+            Action::Wake { conn } => {
+                if let Some(t) = lock(&self.conns).get(&conn) {
+                    t.wake.notify_one();
+                }
+            }
+            Action::Close { conn } => {
+                if let Some(t) = lock(&self.conns).remove(&conn) {
+                    t.close.notify_one();
+                }
+            }
+            Action::Store { request, op } => {
+                let me = Arc::clone(self);
+                tokio::spawn(async move {
+                    let reply = me.propose(op).await;
+                    me.with(|m| m.handle_store_reply(request, reply));
+                });
+            }
+            Action::StoreMessage { conn, peer, bytes } => self.on_store_message(conn, peer, &bytes),
+            Action::Event(e) => {
+                tracing::debug!(?e, "event");
+                let _ = self.events.send(e);
+            }
+            other => tracing::warn!(?other, "unhandled SM action"),
+        }
+    }
+
+    async fn dial(self: Arc<Self>, conn: ConnId, peer: HostId) {
+        let addr = self.cfg.peer(&peer).map(|p| p.addr.clone());
+        let stream = match addr {
+            Some(addr) => {
+                tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(&addr)).await
+            }
+            None => {
+                tracing::warn!(%peer, "no address configured for peer");
+                return self.with(|m| m.disconnected(conn));
+            }
+        };
+        match stream {
+            Ok(Ok(stream)) => {
+                lock(&self.unreachable).remove(&peer);
+                self.run_conn(conn, stream, true).await;
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "dial failed");
+                lock(&self.unreachable).insert(peer, host_now());
+                self.with(|m| m.disconnected(conn));
+            }
+            Err(_) => {
+                lock(&self.unreachable).insert(peer, host_now());
+                self.with(|m| m.disconnected(conn));
+            }
+        }
+    }
+
+    /// Reads frames into the SM and writes the frames it produces, until either side ends.
+    async fn run_conn(self: Arc<Self>, conn: ConnId, stream: TcpStream, dialled: bool) {
+        let _ = stream.set_nodelay(true);
+        let (mut rd, mut wr) = stream.into_split();
+        let wake = Arc::new(Notify::new());
+        let close = Arc::new(Notify::new());
+        lock(&self.conns).insert(
+            conn,
+            ConnTask {
+                wake: Arc::clone(&wake),
+                close: Arc::clone(&close),
+            },
+        );
+        if dialled {
+            self.with(|m| m.connected(conn));
+        }
+        let me = Arc::clone(&self);
+        let writer = tokio::spawn(async move {
+            loop {
+                while let Some(frame) = me.with(|m| m.poll_transmit(conn)) {
+                    if write_frame(&mut wr, &frame).await.is_err() {
+                        return;
+                    }
+                }
+                wake.notified().await;
+            }
+        });
+        let reader = async {
+            loop {
+                let mut len = [0u8; 4];
+                rd.read_exact(&mut len).await?;
+                let len = u32::from_be_bytes(len) as usize;
+                if len > FRAME_BYTES_MAX {
+                    return Err(std::io::Error::other(format!("frame of {len} bytes")));
+                }
+                let mut frame = vec![0u8; len];
+                rd.read_exact(&mut frame).await?;
+                self.with(|m| m.handle_frame(conn, &mut frame));
+            }
+            #[allow(unreachable_code)]
+            Ok::<(), std::io::Error>(())
+        };
+        tokio::select! {
+            r = reader => { if let Err(e) = r { tracing::debug!(%conn, error = %e, "connection ended"); } }
+            _ = close.notified() => {}
+        }
+        writer.abort();
+        lock(&self.conns).remove(&conn);
+        self.with(|m| m.disconnected(conn));
+    }
+
+    async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            tokio::select! {
+                r = listener.accept() => match r {
+                    Ok((stream, _)) => {
+                        let conn = self.with(|m| m.accept());
+                        tokio::spawn(Arc::clone(&self).run_conn(conn, stream, false));
+                    }
+                    Err(e) => tracing::warn!(error = %e, "accept failed"),
+                },
+                _ = self.shutdown.notified() => return,
+            }
+        }
+    }
+
+    /// Sleeps until the SM's next deadline on its trusted timer and lets it handle it.
+    async fn timer_loop(self: Arc<Self>) {
+        loop {
+            let wait = {
+                let m = lock(&self.monitor);
+                m.poll_timeout()
+                    .map(|t| t.duration_since(self.hw.now()).unwrap_or(Duration::ZERO))
+            };
+            match wait {
+                Some(d) if d.is_zero() => self.with(|m| m.handle_timeout()),
+                other => {
+                    let d = other
+                        .unwrap_or(Duration::from_secs(1))
+                        .min(Duration::from_secs(1));
+                    tokio::select! {
+                        _ = tokio::time::sleep(d) => {}
+                        _ = self.timer.notified() => {}
+                        _ = self.shutdown.notified() => return,
+                    }
+                }
+            }
+        }
+    }
+
+    async fn ping_loop(self: Arc<Self>) {
+        let ping = postcard::to_stdvec(&StoreMsg::Ping).unwrap_or_default();
+        loop {
+            for p in &self.cfg.peers {
+                if !self.is_backing_off(&p.id) {
+                    self.with(|m| m.send_store(&p.id, &ping));
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(PING_INTERVAL) => {}
+                _ = self.shutdown.notified() => return,
+            }
+        }
+    }
+
+    fn is_backing_off(&self, host: &HostId) -> bool {
+        lock(&self.unreachable)
+            .get(host)
+            .is_some_and(|t| t.elapsed() < REDIAL_BACKOFF)
+    }
+
+    /// Sends a store request to `host` over the SM's channel and waits for the answer.
+    pub(crate) async fn rpc(
+        self: &Arc<Self>,
+        host: &HostId,
+        req: StoreRequest,
+        ttl: Duration,
+    ) -> Result<StoreResponse, RpcFail> {
+        if self.is_backing_off(host) {
+            return Err(RpcFail::Unreachable(host.to_string()));
+        }
+        let id = self.next_rpc.fetch_add(1, Ordering::Relaxed);
+        let bytes = postcard::to_stdvec(&StoreMsg::Request { id, req })
+            .map_err(|e| RpcFail::Unreachable(e.to_string()))?;
+        let (tx, rx) = oneshot::channel();
+        lock(&self.rpcs).insert(id, tx);
+        if self.with(|m| m.send_store(host, &bytes)).is_none() {
+            lock(&self.rpcs).remove(&id);
+            return Err(RpcFail::Unreachable(format!("{host}: message too large")));
+        }
+        match tokio::time::timeout(ttl, rx).await {
+            Ok(Ok(resp)) => Ok(resp),
+            _ => {
+                lock(&self.rpcs).remove(&id);
+                Err(RpcFail::Timeout(host.to_string()))
+            }
+        }
+    }
+
+    fn on_store_message(self: &Arc<Self>, conn: ConnId, peer: HostId, bytes: &[u8]) {
+        lock(&self.heard).insert(peer.clone(), host_now());
+        let msg: StoreMsg = match postcard::from_bytes(bytes) {
+            Ok(m) => m,
+            Err(e) => return tracing::warn!(%peer, error = %e, "undecodable store message"),
+        };
+        match msg {
+            StoreMsg::Ping => {}
+            StoreMsg::Response { id, resp } => {
+                if let Some(tx) = lock(&self.rpcs).remove(&id) {
+                    let _ = tx.send(resp);
+                }
+            }
+            StoreMsg::Request { id, req } => {
+                let me = Arc::clone(self);
+                tokio::spawn(async move {
+                    let resp = me.serve(peer, req).await;
+                    if let Ok(bytes) = postcard::to_stdvec(&StoreMsg::Response { id, resp }) {
+                        me.with(|m| m.send_store_on(conn, &bytes));
+                    }
+                });
+            }
+        }
+    }
+
+    async fn serve(self: &Arc<Self>, peer: HostId, req: StoreRequest) -> StoreResponse {
+        let Some(raft) = self.raft() else {
+            return StoreResponse::Write(Err(WriteError::Failed("store not started".into())));
+        };
+        match req {
+            StoreRequest::Append(r) => StoreResponse::Append(raft.append_entries(r).await),
+            StoreRequest::Vote(r) => StoreResponse::Vote(raft.vote(r).await),
+            StoreRequest::Snapshot(r) => StoreResponse::Snapshot(raft.install_snapshot(r).await),
+            StoreRequest::Write(op) => {
+                if author(&op).is_some_and(|a| *a != peer) {
+                    return StoreResponse::Write(Err(WriteError::Refused(format!(
+                        "{peer} wrote on behalf of another host"
+                    ))));
+                }
+                StoreResponse::Write(match raft.client_write(op).await {
+                    Ok(r) => Ok(r.data),
+                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                        Err(WriteError::NotLeader)
+                    }
+                    Err(e) => Err(WriteError::Failed(e.to_string())),
+                })
+            }
+        }
+    }
+
+    /// Writes to the ledger for the local SM: on this member if it leads, else through the
+    /// leader. `Unavailable` when no leader answered in time (the write may or may not have
+    /// been applied; the SM's ops are safe to repeat).
+    pub(crate) async fn propose(self: &Arc<Self>, op: LedgerOp) -> StoreReply {
+        let deadline = host_now() + PROPOSE_TIMEOUT;
+        let Some(raft) = self.raft().cloned() else {
+            return StoreReply::Unavailable("store not started".into());
+        };
+        let mut why = String::from("no leader");
+        while host_now() < deadline {
+            let left = deadline.saturating_duration_since(host_now());
+            match tokio::time::timeout(left, raft.client_write(op.clone())).await {
+                Ok(Ok(r)) => return StoreReply::Outcome(r.data),
+                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                    if let Some(node) = f.leader_node
+                        && let Ok(host) = HostId::new(node.addr)
+                    {
+                        let left = deadline.saturating_duration_since(host_now());
+                        match self.rpc(&host, StoreRequest::Write(op.clone()), left).await {
+                            Ok(StoreResponse::Write(Ok(outcome))) => {
+                                return StoreReply::Outcome(outcome);
+                            }
+                            Ok(StoreResponse::Write(Err(e))) => why = format!("{e:?}"),
+                            Ok(_) => why = "mismatched reply".into(),
+                            Err(e) => why = e.to_string(),
+                        }
+                    }
+                }
+                Ok(Err(e)) => why = e.to_string(),
+                Err(_) => why = "timed out".into(),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        StoreReply::Unavailable(why)
+    }
+}
+
+async fn write_frame(
+    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    frame: &[u8],
+) -> std::io::Result<()> {
+    // Invariant: frames are at most one record, far below 4 GiB.
+    let len = u32::try_from(frame.len())
+        .expect("bounded frame")
+        .to_be_bytes();
+    if frame.len() < 64 * 1024 {
+        let mut buf = Vec::with_capacity(4 + frame.len());
+        buf.extend_from_slice(&len);
+        buf.extend_from_slice(frame);
+        wr.write_all(&buf).await
+    } else {
+        wr.write_all(&len).await?;
+        wr.write_all(frame).await
+    }
+}
+
+/// A running host: its SM, its store member, its listener and control API.
+pub struct Node {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl Node {
+    /// Starts a host from its configuration: boots the emulated hardware with the stored
+    /// identity, starts the SM, opens the store, listens for peers and for control
+    /// requests. Returns once everything is listening.
+    pub async fn start(cfg: NodeConfig) -> Result<Node, NodeError> {
+        let identity = DeviceIdentity::load(&cfg.identity_dir())?;
+        if *identity.host() != cfg.id {
+            return Err(NodeError::WrongHost {
+                dir: cfg.identity_dir().display().to_string(),
+                found: identity.host().to_string(),
+                expected: cfg.id.to_string(),
+            });
+        }
+        let hw: Arc<dyn Hardware> = Arc::new(SoftHardware::boot(identity, sm_measurement()));
+        let blobs = DirBlobStore::open(&cfg.blob_dir())
+            .map_err(|e| NodeError::Start(format!("blob directory: {e}")))?;
+        let policy = cfg
+            .policy()
+            .map_err(|(f, r)| NodeError::Start(format!("policy.{f}: {r}")))?;
+        let monitor = Monitor::new(
+            Arc::clone(&hw),
+            Arc::new(blobs),
+            MonitorConfig {
+                policy,
+                timeouts: cfg.timeouts.clone(),
+                memory_budget_bytes: cfg.memory_budget_mib.saturating_mul(1024 * 1024),
+            },
+        )
+        .map_err(|e| NodeError::Start(e.to_string()))?;
+        let (log, sm) = godwit_store::open(&cfg.store_path(), Sealer::new(Arc::clone(&hw)))?;
+        let token = std::fs::read_to_string(&cfg.control.token_file)
+            .map_err(|e| NodeError::Start(format!("{}: {e}", cfg.control.token_file.display())))?
+            .trim()
+            .to_owned();
+        let listener = TcpListener::bind(&cfg.listen)
+            .await
+            .map_err(|e| NodeError::Start(format!("listen on {}: {e}", cfg.listen)))?;
+        let inner = Arc::new(Inner {
+            ledger: sm.view(),
+            cfg,
+            hw,
+            monitor: Mutex::new(monitor),
+            conns: Mutex::new(HashMap::new()),
+            raft: std::sync::OnceLock::new(),
+            rpcs: Mutex::new(HashMap::new()),
+            next_rpc: AtomicU64::new(1),
+            events: broadcast::channel(4096).0,
+            timer: Notify::new(),
+            unreachable: Mutex::new(HashMap::new()),
+            heard: Mutex::new(HashMap::new()),
+            token,
+            shutdown: Notify::new(),
+        });
+        let raft_config = Arc::new(
+            godwit_store::raft_config()
+                .validate()
+                .map_err(|e| NodeError::Start(format!("raft config: {e}")))?,
+        );
+        let network = RaftNet {
+            inner: Arc::downgrade(&inner),
+        };
+        let raft = Raft::new(inner.cfg.node_id, raft_config, network, log, sm)
+            .await
+            .map_err(|e| NodeError::Start(format!("raft: {e}")))?;
+        let _ = inner.raft.set(raft.clone());
+        tokio::spawn(Arc::clone(&inner).accept_loop(listener));
+        tokio::spawn(Arc::clone(&inner).timer_loop());
+        tokio::spawn(Arc::clone(&inner).ping_loop());
+        crate::serve::serve(Arc::clone(&inner))
+            .await
+            .map_err(NodeError::Start)?;
+        if !raft
+            .is_initialized()
+            .await
+            .map_err(|e| NodeError::Start(e.to_string()))?
+        {
+            let members = inner.members();
+            // Safe on every member with the same membership (openraft's guarantee).
+            if let Err(e) = raft.initialize(members).await {
+                tracing::debug!(error = %e, "initialize");
+            }
+        }
+        tracing::info!(host = %inner.cfg.id, listen = %inner.cfg.listen, "node started");
+        Ok(Node { inner })
+    }
+
+    /// This host's id.
+    pub fn host(&self) -> &HostId {
+        &self.inner.cfg.id
+    }
+
+    /// Stops the node: its store member, listener and timers.
+    pub async fn shutdown(&self) {
+        self.inner.shutdown.notify_waiters();
+        if let Some(raft) = self.inner.raft() {
+            let _ = raft.shutdown().await;
+        }
+        let conns: Vec<ConnTask> = lock(&self.inner.conns).drain().map(|(_, t)| t).collect();
+        for t in conns {
+            t.close.notify_one();
+        }
+        let _ = std::fs::remove_file(&self.inner.cfg.control.socket);
+    }
+
+    /// Waits until the store has a leader (bounded).
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Option<NodeId> {
+        let raft = self.inner.raft()?;
+        raft.wait(Some(timeout))
+            .metrics(|m| m.current_leader.is_some(), "leader")
+            .await
+            .ok()
+            .and_then(|m| m.current_leader)
+    }
+}
+
+impl Inner {
+    /// Every member: this host and its peers, as openraft nodes named by host id.
+    pub(crate) fn members(&self) -> BTreeMap<NodeId, BasicNode> {
+        let mut m = BTreeMap::new();
+        m.insert(self.cfg.node_id, BasicNode::new(self.cfg.id.as_str()));
+        for p in &self.cfg.peers {
+            m.insert(p.node_id, BasicNode::new(p.id.as_str()));
+        }
+        m
+    }
+}

@@ -1,0 +1,360 @@
+//! The control API's server side (protocol in [`crate::control`]).
+
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use godwit_monitor::{EnclaveState, Event, MigrationReport, MonitorError};
+use godwit_proto::AbortReason;
+use godwit_wire::{EnclaveId, HostId, Manifest};
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixListener;
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::control::{Command, REQUEST_BYTES_MAX, Request, Response};
+use crate::node::Inner;
+
+/// How long a deploy waits for the store to register the enclave.
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Binds the control socket (mode 0600) and serves it.
+pub(crate) async fn serve(inner: Arc<Inner>) -> Result<(), String> {
+    let path = inner.cfg.control.socket.clone();
+    if path.exists() {
+        std::fs::remove_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    let listener =
+        UnixListener::bind(&path).map_err(|e| format!("control socket {}: {e}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    tokio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    tokio::spawn(handle(Arc::clone(&inner), stream));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "control accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+async fn send(w: &mut OwnedWriteHalf, r: &Response) {
+    if let Ok(mut line) = serde_json::to_vec(r) {
+        line.push(b'\n');
+        let _ = w.write_all(&line).await;
+    }
+}
+
+fn err(code: &str, error: impl std::fmt::Display) -> Response {
+    Response::Err {
+        error: error.to_string(),
+        code: code.to_owned(),
+    }
+}
+
+async fn handle(inner: Arc<Inner>, stream: tokio::net::UnixStream) {
+    let (r, mut w) = stream.into_split();
+    let mut reader = BufReader::new(r.take(REQUEST_BYTES_MAX as u64));
+    let mut line = String::new();
+    if reader.read_line(&mut line).await.is_err() {
+        return;
+    }
+    let req: Request = match serde_json::from_str(&line) {
+        Ok(r) => r,
+        Err(e) => {
+            return send(
+                &mut w,
+                &err("bad_request", format!("malformed request: {e}")),
+            )
+            .await;
+        }
+    };
+    if !bool::from(req.token.as_bytes().ct_eq(inner.token.as_bytes())) {
+        return send(&mut w, &err("unauthorized", "wrong control credentials")).await;
+    }
+    let response = match req.command {
+        Command::Deploy {
+            module_hex,
+            manifest,
+        } => deploy(&inner, &module_hex, &manifest).await,
+        Command::Call {
+            enclave,
+            function,
+            arg,
+        } => call(&inner, &enclave, &function, &arg),
+        Command::Migrate { enclave, to } => migrate(&inner, &enclave, &to, &mut w).await,
+        Command::Destroy { enclave } => match parse_enclave(&enclave) {
+            Ok(id) => inner
+                .with(|m| m.destroy(id))
+                .map_or_else(monitor_err, |()| {
+                    Response::Ok(json!({ "destroyed": enclave }))
+                }),
+            Err(e) => e,
+        },
+        Command::Status => Response::Ok(status(&inner)),
+        Command::Drain { host } => drain(&inner, &host, &mut w).await,
+    };
+    send(&mut w, &response).await;
+}
+
+fn parse_enclave(s: &str) -> Result<EnclaveId, Response> {
+    s.parse().map_err(|_| {
+        err(
+            "bad_request",
+            format!("{s:?} is not an enclave id (32 hex digits)"),
+        )
+    })
+}
+
+fn monitor_code(e: &MonitorError) -> &'static str {
+    match e {
+        MonitorError::UnknownEnclave(_) => "unknown_enclave",
+        MonitorError::InstanceLimit { .. } => "instance_limit",
+        MonitorError::WrongState { .. } => "wrong_state",
+        MonitorError::NotMigratable(_) => "not_migratable",
+        MonitorError::AlreadyMigrating(_) => "already_migrating",
+        MonitorError::BadDestination(_) => "bad_destination",
+        MonitorError::Enclave(_) => "enclave_error",
+        _ => "monitor_error",
+    }
+}
+
+fn monitor_err(e: MonitorError) -> Response {
+    err(monitor_code(&e), e)
+}
+
+async fn deploy(inner: &Arc<Inner>, module_hex: &str, manifest: &str) -> Response {
+    let Ok(module) = hex::decode(module_hex) else {
+        return err("bad_request", "the module is not hex");
+    };
+    let manifest = match Manifest::from_toml(manifest) {
+        Ok(m) => m,
+        Err(e) => return err("bad_manifest", e),
+    };
+    let mut events = inner.events.subscribe();
+    let id = match inner.with(|m| m.create(&module, manifest)) {
+        Ok(id) => id,
+        Err(e) => return monitor_err(e),
+    };
+    let wait = async {
+        loop {
+            match events.recv().await {
+                Ok(Event::Registered { enclave }) if enclave == id => return Ok(()),
+                Ok(Event::RegistrationRefused { enclave, reason }) if enclave == id => {
+                    return Err(reason);
+                }
+                Ok(_) | Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => return Err("node shutting down".into()),
+            }
+        }
+    };
+    match tokio::time::timeout(REGISTER_TIMEOUT, wait).await {
+        Ok(Ok(())) => Response::Ok(json!({ "enclave": id.to_string() })),
+        Ok(Err(reason)) => err("registration_refused", reason),
+        Err(_) => err(
+            "store_unavailable",
+            format!(
+                "enclave {id} created but the store did not register it in time; it runs once registered"
+            ),
+        ),
+    }
+}
+
+fn call(inner: &Arc<Inner>, enclave: &str, function: &str, arg: &str) -> Response {
+    let id = match parse_enclave(enclave) {
+        Ok(id) => id,
+        Err(e) => return e,
+    };
+    match inner.with(|m| m.call(id, function, arg.as_bytes())) {
+        Ok(out) => match String::from_utf8(out) {
+            Ok(text) => Response::Ok(json!({ "result": text })),
+            Err(e) => Response::Ok(json!({ "result_hex": hex::encode(e.into_bytes()) })),
+        },
+        Err(e) => monitor_err(e),
+    }
+}
+
+pub(crate) fn report_json(r: &MigrationReport) -> Value {
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    json!({
+        "to": r.to.to_string(),
+        "epoch": r.epoch,
+        "bytes": r.bytes,
+        "total_ms": ms(r.total),
+        "downtime_ms": ms(r.downtime),
+        "steps_ms": {
+            "attest": ms(r.attest),
+            "prepare_ready": ms(r.prepare_ready),
+            "begin": ms(r.begin),
+            "transfer": ms(r.transfer),
+            "commit": ms(r.commit),
+        },
+    })
+}
+
+fn abort_err(reason: &AbortReason) -> Response {
+    err(reason.code(), reason)
+}
+
+/// Runs one migration, sending progress lines, and returns the final answer.
+async fn migrate(inner: &Arc<Inner>, enclave: &str, to: &str, w: &mut OwnedWriteHalf) -> Response {
+    let id = match parse_enclave(enclave) {
+        Ok(id) => id,
+        Err(e) => return e,
+    };
+    let Ok(to) = HostId::new(to) else {
+        return err("bad_request", format!("{to:?} is not a host id"));
+    };
+    if to != inner.cfg.id && inner.cfg.peer(&to).is_none() {
+        return err(
+            "unknown_host",
+            format!("{to} is not a host of this cluster"),
+        );
+    }
+    match run_migration(inner, id, to, Some(w)).await {
+        Ok(report) => {
+            let mut v = report_json(&report);
+            v["enclave"] = json!(enclave);
+            Response::Ok(v)
+        }
+        Err(r) => r,
+    }
+}
+
+pub(crate) async fn run_migration(
+    inner: &Arc<Inner>,
+    id: EnclaveId,
+    to: HostId,
+    mut progress: Option<&mut OwnedWriteHalf>,
+) -> Result<MigrationReport, Response> {
+    let mut events = inner.events.subscribe();
+    let migration = inner.with(|m| m.migrate(id, to)).map_err(monitor_err)?;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            e = events.recv() => match e {
+                Ok(Event::MigrationFinished { migration: m, outcome, .. }) if m == migration => {
+                    return outcome.map_err(|r| abort_err(&r));
+                }
+                Ok(_) | Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => return Err(err("shutdown", "node shutting down")),
+            },
+            _ = tick.tick() => {
+                if let (Some(w), Some((sent, total))) = (progress.as_deref_mut(), inner.with(|m| m.migration_progress(migration))) {
+                    send(w, &Response::Progress { sent, total }).await;
+                }
+            }
+        }
+    }
+}
+
+pub(crate) fn status(inner: &Arc<Inner>) -> Value {
+    let leader = inner
+        .raft()
+        .and_then(|r| r.metrics().borrow().current_leader);
+    let heard = inner.heard.lock().map(|h| h.clone()).unwrap_or_default();
+    let up = |host: &HostId| {
+        host == &inner.cfg.id
+            || heard
+                .get(host)
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(2))
+    };
+    let mut hosts = vec![json!({
+        "id": inner.cfg.id.to_string(),
+        "addr": inner.cfg.listen,
+        "node_id": inner.cfg.node_id,
+        "up": true,
+        "leader": leader == Some(inner.cfg.node_id),
+    })];
+    for p in &inner.cfg.peers {
+        hosts.push(json!({
+            "id": p.id.to_string(),
+            "addr": p.addr,
+            "node_id": p.node_id,
+            "up": up(&p.id),
+            "leader": leader == Some(p.node_id),
+        }));
+    }
+    let enclaves: Vec<Value> = inner.ledger.read(|d| {
+        d.ledger
+            .records()
+            .map(|r| {
+                json!({
+                    "id": r.id.to_string(),
+                    "app": r.app_name,
+                    "owner": r.owner.to_string(),
+                    "epoch": r.epoch,
+                    "state": r.state.name(),
+                })
+            })
+            .collect()
+    });
+    let local: Vec<Value> = inner.with(|m| m.list()).into_iter().map(|i| {
+        json!({ "id": i.id.to_string(), "app": i.app, "state": i.state.to_string(), "epoch": i.epoch, "memory_bytes": i.memory_bytes })
+    }).collect();
+    json!({ "self": inner.cfg.id.to_string(), "hosts": hosts, "enclaves": enclaves, "local": local })
+}
+
+/// Migrates every enclave of this host away, trying peers in turn for each.
+async fn drain(inner: &Arc<Inner>, host: &str, w: &mut OwnedWriteHalf) -> Response {
+    if host != inner.cfg.id.as_str() {
+        return err(
+            "bad_request",
+            format!(
+                "this daemon runs {}, not {host}: drain is run against the host to empty",
+                inner.cfg.id
+            ),
+        );
+    }
+    let enclaves: Vec<EnclaveId> = inner
+        .with(|m| m.list())
+        .into_iter()
+        .filter(|i| matches!(i.state, EnclaveState::Running | EnclaveState::Paused))
+        .map(|i| i.id)
+        .collect();
+    let peers: Vec<HostId> = inner.cfg.peers.iter().map(|p| p.id.clone()).collect();
+    let (mut moved, mut failed) = (Vec::new(), Vec::new());
+    for (i, id) in enclaves.iter().enumerate() {
+        let mut last = None;
+        for k in 0..peers.len() {
+            let to = peers[(i + k) % peers.len()].clone();
+            match run_migration(inner, *id, to.clone(), Some(w)).await {
+                Ok(report) => {
+                    last = None;
+                    moved.push(json!({ "enclave": id.to_string(), "to": to.to_string(), "epoch": report.epoch }));
+                    break;
+                }
+                Err(Response::Err { error, code }) => {
+                    last = Some(
+                        json!({ "enclave": id.to_string(), "to": to.to_string(), "error": error, "code": code }),
+                    )
+                }
+                Err(_) => {}
+            }
+        }
+        if let Some(f) = last {
+            failed.push(f);
+        }
+    }
+    if failed.is_empty() {
+        Response::Ok(json!({ "moved": moved, "failed": failed }))
+    } else {
+        err(
+            "drain_incomplete",
+            format!(
+                "{} of {} enclaves could not be moved: {}",
+                failed.len(),
+                enclaves.len(),
+                Value::Array(failed)
+            ),
+        )
+    }
+}

@@ -1,0 +1,228 @@
+//! The client commands: each sends one request to the local daemon's control API.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use godwit_node::NodeConfig;
+use godwit_node::control::{Command, Response, request};
+use serde_json::Value;
+
+/// `--config FILE`, shared by every client command.
+#[derive(clap::Args, Clone)]
+pub struct ConfigArg {
+    /// The host's configuration file (e.g. DIR/host1.toml from `godwit cluster init`).
+    #[arg(long)]
+    pub config: PathBuf,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// Sends `command` to the daemon of `config`; returns its final answer's value, or fails
+/// with the daemon's one-line error.
+pub fn send(config: &Path, command: Command, on_progress: impl FnMut(u64, u64)) -> Result<Value> {
+    let cfg = NodeConfig::load(config)?;
+    let response = runtime()?.block_on(request(
+        &cfg.control.socket,
+        &cfg.control.token_file,
+        command,
+        on_progress,
+    ))?;
+    match response {
+        Response::Ok(v) => Ok(v),
+        Response::Err { error, code } => bail!("{error} [{code}]"),
+        Response::Progress { .. } => bail!("unexpected progress as a final answer"),
+    }
+}
+
+pub fn deploy(config: &Path, module: &Path, manifest: &Path) -> Result<ExitCode> {
+    let source = std::fs::read(module).with_context(|| format!("reading {}", module.display()))?;
+    let module = godwit_enclave::module_from_source(&source)
+        .with_context(|| format!("{}", module.display()))?;
+    let manifest = std::fs::read_to_string(manifest)
+        .with_context(|| format!("reading {}", manifest.display()))?;
+    let v = send(
+        config,
+        Command::Deploy {
+            module_hex: hex::encode(module),
+            manifest,
+        },
+        |_, _| {},
+    )?;
+    println!("{}", v["enclave"].as_str().unwrap_or_default());
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn call(config: &Path, enclave: String, function: String, arg: String) -> Result<ExitCode> {
+    let v = send(
+        config,
+        Command::Call {
+            enclave,
+            function,
+            arg,
+        },
+        |_, _| {},
+    )?;
+    match (v["result"].as_str(), v["result_hex"].as_str()) {
+        (Some(text), _) => println!("{text}"),
+        (None, Some(hex)) => println!("{hex}"),
+        _ => println!(),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A progress bar on stderr when it is a terminal.
+pub fn progress_bar(label: &str) -> indicatif::ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.set_message(label.to_owned());
+    bar
+}
+
+pub fn migrate(config: &Path, enclave: String, to: String, json: bool) -> Result<ExitCode> {
+    let bar = progress_bar(&format!("migrating to {to}"));
+    let result = send(config, Command::Migrate { enclave, to }, |sent, total| {
+        bar.set_length(total);
+        bar.set_position(sent);
+    });
+    bar.finish_and_clear();
+    let v = result?;
+    if json {
+        println!("{v}");
+    } else {
+        println!(
+            "committed: {} now runs on {} (epoch {}), {} bytes in {:.1} ms, downtime {:.1} ms",
+            v["enclave"].as_str().unwrap_or_default(),
+            v["to"].as_str().unwrap_or_default(),
+            v["epoch"],
+            v["bytes"],
+            v["total_ms"].as_f64().unwrap_or_default(),
+            v["downtime_ms"].as_f64().unwrap_or_default()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn destroy(config: &Path, enclave: String) -> Result<ExitCode> {
+    send(config, Command::Destroy { enclave }, |_, _| {})?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn status(config: &Path, json: bool) -> Result<ExitCode> {
+    let v = send(config, Command::Status, |_, _| {})?;
+    if json {
+        println!("{v}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<10} {:<22} {:<5} {:<6}",
+        "host", "address", "up", "leader"
+    );
+    for h in v["hosts"].as_array().into_iter().flatten() {
+        println!(
+            "{:<10} {:<22} {:<5} {:<6}",
+            h["id"].as_str().unwrap_or_default(),
+            h["addr"].as_str().unwrap_or_default(),
+            h["up"],
+            if h["leader"] == true { "*" } else { "" }
+        );
+    }
+    println!(
+        "\n{:<34} {:<10} {:<10} {:<6} {:<10}",
+        "enclave", "app", "owner", "epoch", "state"
+    );
+    for e in v["enclaves"].as_array().into_iter().flatten() {
+        println!(
+            "{:<34} {:<10} {:<10} {:<6} {:<10}",
+            e["id"].as_str().unwrap_or_default(),
+            e["app"].as_str().unwrap_or_default(),
+            e["owner"].as_str().unwrap_or_default(),
+            e["epoch"],
+            e["state"].as_str().unwrap_or_default()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The configuration to use for `host`: the given one if it is that host's, else the
+/// sibling `HOST.toml` beside it (the layout `cluster init` writes).
+fn config_for(config: &Path, host: &str) -> Result<PathBuf> {
+    let cfg = NodeConfig::load(config)?;
+    if cfg.id.as_str() == host {
+        return Ok(config.to_owned());
+    }
+    let sibling = config.with_file_name(format!("{host}.toml"));
+    if sibling.exists() {
+        return Ok(sibling);
+    }
+    bail!(
+        "{host} is not the host of {} and no {} exists beside it",
+        config.display(),
+        sibling.display()
+    )
+}
+
+pub fn drain(config: &Path, host: String) -> Result<ExitCode> {
+    let config = config_for(config, &host)?;
+    let bar = progress_bar(&format!("draining {host}"));
+    let result = send(
+        &config,
+        Command::Drain { host: host.clone() },
+        |sent, total| {
+            bar.set_length(total);
+            bar.set_position(sent);
+        },
+    );
+    bar.finish_and_clear();
+    let v = result?;
+    for m in v["moved"].as_array().into_iter().flatten() {
+        println!(
+            "{} -> {}",
+            m["enclave"].as_str().unwrap_or_default(),
+            m["to"].as_str().unwrap_or_default()
+        );
+    }
+    println!("{host} drained");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn node(config: &Path) -> Result<ExitCode> {
+    let cfg = NodeConfig::load(config)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let node = godwit_node::Node::start(cfg).await?;
+        eprintln!("godwit: {} running; Ctrl-C to stop", node.host());
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        node.shutdown().await;
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn cluster_init(dir: &Path, hosts: usize, base_port: u16) -> Result<ExitCode> {
+    let files = godwit_node::cluster::init(dir, hosts, base_port)?;
+    for f in &files {
+        println!("{}", f.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}

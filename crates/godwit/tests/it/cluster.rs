@@ -1,0 +1,93 @@
+//! Multi-process tests: real `godwit node` processes on loopback.
+
+use crate::support::*;
+
+#[test]
+fn deploy_call_migrate_call_across_processes() {
+    let p = Processes::start(3);
+    let id = p.deploy(1, "counter");
+    assert_eq!(p.ok(1, &["call", &id, "incr"]), "1");
+    assert_eq!(p.ok(1, &["call", &id, "incr"]), "2");
+    p.ok(1, &["call", &id, "persist"]);
+    let report: serde_json::Value =
+        serde_json::from_str(&p.ok(1, &["migrate", &id, "--to", "host2", "--json"])).unwrap();
+    assert_eq!(report["to"], "host2");
+    assert_eq!(report["epoch"], 1);
+    // The state continues at the destination, sealed data included.
+    assert_eq!(p.ok(2, &["call", &id, "get"]), "2");
+    assert_eq!(p.ok(2, &["call", &id, "incr"]), "3");
+    assert_eq!(p.ok(2, &["call", &id, "restore"]), "2");
+    // The source refuses, with a clear one-line error and a non-zero exit.
+    let out = p.cli(1, &["call", &id, "get"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no enclave") && err.lines().count() == 1,
+        "{err}"
+    );
+    // Every host's status agrees on the owner.
+    for k in 1..=3 {
+        let s = p.status(k).unwrap();
+        let e = s["enclaves"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["id"] == id.as_str())
+            .unwrap()
+            .clone();
+        assert_eq!(
+            (e["owner"].as_str(), e["state"].as_str()),
+            (Some("host2"), Some("running")),
+            "host{k}"
+        );
+    }
+}
+
+#[test]
+fn bad_input_gets_one_line_errors() {
+    let p = Processes::start(3);
+    let cases: &[&[&str]] = &[
+        &["call", "0123456789abcdef0123456789abcdef", "get"],
+        &["call", "not-an-id", "get"],
+        &[
+            "migrate",
+            "0123456789abcdef0123456789abcdef",
+            "--to",
+            "host9",
+        ],
+        &[
+            "deploy",
+            "--module",
+            "/nonexistent.wat",
+            "--manifest",
+            "/nonexistent.toml",
+        ],
+    ];
+    for args in cases {
+        let out = p.cli(1, args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("godwit: "), "{err}");
+    }
+    // Wrong credentials.
+    let cfg = godwit_node::NodeConfig::load(&p.config(1)).unwrap();
+    std::fs::write(&cfg.control.token_file, "wrong").unwrap();
+    let out = p.cli(1, &["status"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("wrong control credentials"));
+    // A malformed config names its field.
+    let bad = p.dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        std::fs::read_to_string(p.config(2))
+            .unwrap()
+            .replace("listen =", "lsten ="),
+    )
+    .unwrap();
+    let out = godwit()
+        .args(["status", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("lsten"));
+}

@@ -1,0 +1,181 @@
+//! Real `godwit node` processes on loopback, driven through the CLI.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn godwit() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_godwit"))
+}
+
+pub fn example(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples")
+        .join(name)
+}
+
+/// A cluster of `godwit node` processes, killed when dropped.
+pub struct Processes {
+    pub dir: tempfile::TempDir,
+    pub children: Vec<Option<Child>>,
+}
+
+impl Processes {
+    /// Lays out `hosts` hosts with `godwit cluster init` and starts them all.
+    pub fn start(hosts: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let base = godwit_node::cluster::free_base_port(hosts).expect("free ports");
+        let out = godwit()
+            .args(["cluster", "init", "--dir"])
+            .arg(dir.path().join("c"))
+            .args([
+                "--hosts",
+                &hosts.to_string(),
+                "--base-port",
+                &base.to_string(),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "cluster init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut p = Self {
+            dir,
+            children: (0..hosts).map(|_| None).collect(),
+        };
+        for k in 1..=hosts {
+            p.spawn(k);
+        }
+        p.wait_ready(hosts);
+        p
+    }
+
+    pub fn config(&self, k: usize) -> PathBuf {
+        self.dir.path().join("c").join(format!("host{k}.toml"))
+    }
+
+    /// Starts (or restarts) host `k`; its log goes to `hostK.log` in the cluster directory.
+    pub fn spawn(&mut self, k: usize) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("host{k}.log")))
+            .unwrap();
+        let child = godwit()
+            .arg("node")
+            .arg("--config")
+            .arg(self.config(k))
+            .env("GODWIT_LOG", "info,openraft=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.children[k - 1] = Some(child);
+    }
+
+    /// SIGKILL: no shutdown, no flush.
+    pub fn kill(&mut self, k: usize) {
+        if let Some(mut c) = self.children[k - 1].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Runs the CLI against host `k`.
+    pub fn cli(&self, k: usize, args: &[&str]) -> Output {
+        let (cmd, rest) = args.split_first().unwrap();
+        godwit()
+            .arg(cmd)
+            .arg("--config")
+            .arg(self.config(k))
+            .args(rest)
+            .output()
+            .unwrap()
+    }
+
+    pub fn ok(&self, k: usize, args: &[&str]) -> String {
+        let out = self.cli(k, args);
+        assert!(
+            out.status.success(),
+            "godwit {args:?} on host{k} failed: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.logs()
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    pub fn status(&self, k: usize) -> Option<serde_json::Value> {
+        let out = self.cli(k, &["status", "--json"]);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).unwrap())
+    }
+
+    /// Polls until every host answers and one leads (bounded).
+    pub fn wait_ready(&self, hosts: usize) {
+        poll(Duration::from_secs(60), "cluster ready", || {
+            (1..=hosts).all(|k| {
+                self.status(k).is_some_and(|s| {
+                    s["hosts"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .all(|h| h["up"] == true)
+                        && s["hosts"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .any(|h| h["leader"] == true)
+                })
+            })
+        });
+    }
+
+    pub fn deploy(&self, k: usize, app: &str) -> String {
+        let out = self.ok(
+            k,
+            &[
+                "deploy",
+                "--module",
+                example(&format!("{app}.wat")).to_str().unwrap(),
+                "--manifest",
+                example(&format!("{app}.toml")).to_str().unwrap(),
+            ],
+        );
+        out.lines().last().unwrap().to_owned()
+    }
+
+    pub fn logs(&self) -> String {
+        let mut all = String::new();
+        for k in 1..=self.children.len() {
+            let log = std::fs::read_to_string(self.dir.path().join(format!("host{k}.log")))
+                .unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            all += &format!(
+                "\n--- host{k} (last lines) ---\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        all
+    }
+}
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for k in 1..=self.children.len() {
+            self.kill(k);
+        }
+    }
+}
+
+/// Polls `cond` until it holds, failing the test after `limit`.
+pub fn poll(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    #[allow(clippy::disallowed_methods)] // the test harness is the host side
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
