@@ -10,6 +10,11 @@ use std::time::Duration;
 pub struct BootEpoch(pub(crate) [u8; 16]);
 
 impl BootEpoch {
+    /// The epoch's bytes, for records that must name it (the store's ledger).
+    pub fn to_bytes(&self) -> [u8; 16] {
+        self.0
+    }
+
     /// A short form for logs.
     pub fn short(&self) -> String {
         hex::encode(&self.0[..4])

@@ -16,6 +16,7 @@
 //! each `Wake`, pull [`Monitor::poll_transmit`] until it returns `None`; sleep until
 //! [`Monitor::poll_timeout`] and then call [`Monitor::handle_timeout`].
 
+mod durable;
 mod host;
 mod migrate;
 mod net;
@@ -33,10 +34,14 @@ use godwit_hw::Hardware;
 use godwit_proto::{AbortReason, LedgerOp, LedgerOutcome, MigrationId, StoreReply, TimeoutConfig};
 use godwit_wire::{EnclaveId, HostId, Manifest, Measurement};
 
+pub use durable::{CallId, CallOutcome};
 pub use host::{BlobStore, HostError, MemoryBlobStore};
 pub use net::{ConnId, STORE_MESSAGE_BYTES_MAX};
 pub use seal::SealError;
 pub use services::{COUNTERS_MAX, InstanceServices, SLOTS_MAX};
+
+/// How long the SM waits before asking the store again after it did not answer.
+pub const STORE_RETRY: Duration = Duration::from_millis(200);
 
 /// The version of the SM, part of its measurement.
 pub const SM_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -218,6 +223,16 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// A withheld ecall result, released once the ledger recorded the durable state it
+    /// depends on (or an error if the ledger refused to).
+    CallCompleted {
+        /// The call.
+        call: CallId,
+        /// The enclave.
+        enclave: EnclaveId,
+        /// Its result.
+        result: Result<Vec<u8>, String>,
+    },
     /// An outgoing migration ended.
     MigrationFinished {
         /// The migration.
@@ -276,6 +291,21 @@ struct Resident {
     epoch: u64,
     /// The state to return to if an outgoing migration aborts.
     resume_to: EnclaveState,
+    /// How far the ledger recorded its durable state, and the results waiting for it.
+    durability: durable::Durability,
+}
+
+impl Resident {
+    fn new(enclave: Enclave<InstanceServices>, state: EnclaveState, epoch: u64) -> Self {
+        let recorded = enclave.services().durable();
+        Self {
+            enclave,
+            state,
+            epoch,
+            resume_to: EnclaveState::Running,
+            durability: durable::Durability::recorded(recorded),
+        }
+    }
 }
 
 enum Pending {
@@ -283,6 +313,9 @@ enum Pending {
     Destroy(EnclaveId),
     Outgoing(MigrationId),
     Incoming(MigrationId),
+    Update(EnclaveId, u64),
+    Booted,
+    Adopt(EnclaveId),
 }
 
 /// The security monitor of one host. See the crate documentation for its contract.
@@ -297,6 +330,9 @@ pub struct Monitor {
     migrations: migrate::Migrations,
     requests: BTreeMap<RequestId, Pending>,
     next_request: u64,
+    next_call: u64,
+    /// Store writes to ask again once the store had time to recover (trusted time).
+    retries: Vec<(godwit_hw::TrustedInstant, Pending, LedgerOp)>,
     actions: VecDeque<Action>,
 }
 
@@ -307,7 +343,7 @@ impl Monitor {
         blobs: Arc<dyn BlobStore>,
         config: MonitorConfig,
     ) -> Result<Self, MonitorError> {
-        Ok(Self {
+        let mut sm = Self {
             hw,
             runtime: Runtime::new()?,
             blobs,
@@ -318,8 +354,14 @@ impl Monitor {
             migrations: migrate::Migrations::default(),
             requests: BTreeMap::new(),
             next_request: 0,
+            next_call: 0,
+            retries: Vec::new(),
             actions: VecDeque::new(),
-        })
+        };
+        // First thing a new boot does: tell the ledger, so that what this host ran under
+        // an earlier boot is recorded lost rather than believed running.
+        sm.announce_boot();
+        Ok(sm)
     }
 
     /// The hardware component this SM runs on.
@@ -339,6 +381,13 @@ impl Monitor {
 
     fn event(&mut self, e: Event) {
         self.actions.push_back(Action::Event(e));
+    }
+
+    /// Asks for `op` again after [`STORE_RETRY`] on the trusted timer: a store that failed
+    /// fast must not be asked in a tight loop.
+    fn store_later(&mut self, pending: Pending, op: LedgerOp) {
+        let at = self.hw.now().saturating_add(STORE_RETRY);
+        self.retries.push((at, pending, op));
     }
 
     fn store(&mut self, pending: Pending, op: LedgerOp) {
@@ -393,15 +442,8 @@ impl Monitor {
             InstanceServices::new(id, app, Arc::clone(&self.hw), Arc::clone(&self.blobs));
         let enclave = self.runtime.instantiate(&loaded, services)?;
         tracing::info!(enclave = %id, app = %loaded.manifest().name, measurement = %app.short(), "enclave created");
-        self.enclaves.insert(
-            id,
-            Resident {
-                enclave,
-                state: EnclaveState::Registering,
-                epoch: 0,
-                resume_to: EnclaveState::Running,
-            },
-        );
+        self.enclaves
+            .insert(id, Resident::new(enclave, EnclaveState::Registering, 0));
         if let Some(op) = self.register_op(id) {
             self.store(Pending::Register(id), op);
         }
@@ -416,6 +458,7 @@ impl Monitor {
             app: module.measurement(),
             app_name: module.manifest().name.clone(),
             owner: self.host().clone(),
+            boot: self.hw.boot_epoch().to_bytes(),
             max_instances_cluster: module.manifest().max_instances_cluster,
         })
     }
@@ -451,17 +494,6 @@ impl Monitor {
             });
         }
         Ok(r)
-    }
-
-    /// Runs an ecall on a running enclave.
-    pub fn call(
-        &mut self,
-        id: EnclaveId,
-        ecall: &str,
-        arg: &[u8],
-    ) -> Result<Vec<u8>, MonitorError> {
-        let r = self.in_state(id, EnclaveState::Running)?;
-        Ok(r.enclave.call(ecall, arg)?)
     }
 
     /// Pauses a running enclave at the host's request.
@@ -500,7 +532,15 @@ impl Monitor {
     /// Removes an enclave: memory zeroed, keys dropped, its blobs deleted. (Part of a
     /// transition: the public caller checks the invariants when the transition is done.)
     fn wipe(&mut self, id: EnclaveId) {
-        if let Some(r) = self.enclaves.remove(&id) {
+        if let Some(mut r) = self.enclaves.remove(&id) {
+            for (call, _, _) in r.durability.withheld.drain(..) {
+                let result = Err("the enclave was destroyed before its state was recorded".into());
+                self.actions.push_back(Action::Event(Event::CallCompleted {
+                    call,
+                    enclave: id,
+                    result,
+                }));
+            }
             r.enclave.wipe().delete_blobs();
         }
     }
@@ -551,13 +591,22 @@ impl Monitor {
         };
         match pending {
             Pending::Register(id) => self.registered(id, reply),
-            Pending::Destroy(id) => {
-                if !matches!(reply, StoreReply::Outcome(LedgerOutcome::Applied(_))) {
-                    tracing::warn!(enclave = %id, ?reply, "the store did not record a destroy");
+            Pending::Destroy(id) => match reply {
+                StoreReply::Outcome(LedgerOutcome::Applied(_)) => {}
+                StoreReply::Unavailable(_) => {
+                    let op = LedgerOp::Destroy {
+                        id,
+                        by: self.host().clone(),
+                    };
+                    self.store_later(Pending::Destroy(id), op);
                 }
-            }
+                refused => tracing::warn!(enclave = %id, ?refused, "the store refused a destroy"),
+            },
             Pending::Outgoing(m) => self.outgoing_store_reply(m, reply),
             Pending::Incoming(m) => self.incoming_store_reply(m, reply),
+            Pending::Update(id, seq) => self.updated(id, seq, reply),
+            Pending::Booted => self.booted(reply),
+            Pending::Adopt(id) => self.adopted(id, reply),
         }
         self.check_invariants();
     }
@@ -568,7 +617,7 @@ impl Monitor {
             // alike). The enclave stays `registering`, not running, meanwhile.
             tracing::warn!(enclave = %id, %why, "store unavailable; registering again");
             if let Some(op) = self.register_op(id) {
-                self.store(Pending::Register(id), op);
+                self.store_later(Pending::Register(id), op);
             }
             return;
         }
@@ -603,7 +652,13 @@ impl Monitor {
     /// [`Monitor::handle_timeout`] once it has passed.
     pub fn poll_timeout(&self) -> Option<godwit_hw::TrustedInstant> {
         let mut earliest: Option<godwit_hw::TrustedInstant> = None;
-        for t in self.net.timeouts().chain(self.migrations.timeouts()) {
+        let retries = self.retries.iter().map(|(at, _, _)| *at);
+        for t in self
+            .net
+            .timeouts()
+            .chain(self.migrations.timeouts())
+            .chain(retries)
+        {
             earliest = Some(match earliest {
                 Some(e) if e.is_at_or_after(t).unwrap_or(false) => t,
                 Some(e) => e,
@@ -619,6 +674,13 @@ impl Monitor {
         let now = self.hw.now();
         self.net_timeouts(now);
         self.migration_timeouts(now);
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.retries)
+            .into_iter()
+            .partition(|(at, _, _)| now.is_at_or_after(*at).unwrap_or(true));
+        self.retries = later;
+        for (_, pending, op) in due {
+            self.store(pending, op);
+        }
         self.check_invariants();
     }
 

@@ -393,7 +393,7 @@ impl Monitor {
             now,
             prepare,
             peer.clone(),
-            self.host().clone(),
+            (self.host().clone(), self.hw.boot_epoch().to_bytes()),
             self.config.timeouts.clone(),
             now.duration_since(received).unwrap_or_default(),
         );
@@ -507,18 +507,20 @@ impl Monitor {
             };
             match effect {
                 SendEffect::Transmit(msg) => self.send_message(conn, &msg),
-                SendEffect::PauseAndCollect => {
-                    let now = self.hw.now();
-                    let plan = self.pause_and_collect(m, enclave);
-                    if let Some(machine) = self
-                        .migrations
-                        .out
-                        .get_mut(&m)
-                        .and_then(|o| o.machine.as_mut())
-                    {
-                        machine.collected(now, plan);
+                SendEffect::PauseAndCollect => match self.pause_for(m, enclave) {
+                    Err(reason) => self.collected(m, Err(reason)),
+                    // Collect once the ledger holds every durable change E made: the
+                    // state that travels is then the state the ledger vouches for.
+                    Ok(()) if self.enclaves[&enclave].durability.caught_up() => {
+                        let plan = self.collect(m, enclave);
+                        self.collected(m, plan);
                     }
-                }
+                    Ok(()) => {
+                        if let Some(r) = self.enclaves.get_mut(&enclave) {
+                            r.durability.collect_for = Some(m);
+                        }
+                    }
+                },
                 SendEffect::Store(op) => self.store(Pending::Outgoing(m), op),
                 SendEffect::Resume { epoch } => self.release(m, enclave, Some(epoch)),
                 SendEffect::Wipe => {
@@ -530,11 +532,35 @@ impl Monitor {
         }
     }
 
-    fn pause_and_collect(
-        &mut self,
-        m: MigrationId,
-        enclave: EnclaveId,
-    ) -> Result<SendPlan, AbortReason> {
+    fn collected(&mut self, m: MigrationId, plan: Result<SendPlan, AbortReason>) {
+        let now = self.hw.now();
+        if let Some(machine) = self
+            .migrations
+            .out
+            .get_mut(&m)
+            .and_then(|o| o.machine.as_mut())
+        {
+            machine.collected(now, plan);
+        }
+    }
+
+    /// The ledger caught up with an enclave whose migration waits to collect it.
+    pub(crate) fn resume_collect(&mut self, enclave: EnclaveId) {
+        let Some(r) = self.enclaves.get_mut(&enclave) else {
+            return;
+        };
+        if !r.durability.caught_up() {
+            return;
+        }
+        let Some(m) = r.durability.collect_for.take() else {
+            return;
+        };
+        let plan = self.collect(m, enclave);
+        self.collected(m, plan);
+        self.drive_out(m);
+    }
+
+    fn pause_for(&mut self, m: MigrationId, enclave: EnclaveId) -> Result<(), AbortReason> {
         let Some(r) = self.enclaves.get_mut(&enclave) else {
             return Err(state_error("the enclave is gone"));
         };
@@ -546,6 +572,13 @@ impl Monitor {
         if let Some(o) = self.migrations.out.get_mut(&m) {
             o.paused = true;
         }
+        Ok(())
+    }
+
+    fn collect(&mut self, m: MigrationId, enclave: EnclaveId) -> Result<SendPlan, AbortReason> {
+        let Some(r) = self.enclaves.get_mut(&enclave) else {
+            return Err(state_error("the enclave is gone"));
+        };
         // The state may have grown since PREPARE (E ran until READY): it must still fit.
         let prepare = self.migrations.out[&m]
             .machine
@@ -711,7 +744,7 @@ impl Monitor {
         &mut self,
         m: MigrationId,
         received: godwit_proto::Received,
-    ) -> Result<(), AbortReason> {
+    ) -> Result<godwit_proto::DurableState, AbortReason> {
         let i = self
             .migrations
             .inc
@@ -733,8 +766,10 @@ impl Monitor {
             .sealed
             .iter()
             .try_for_each(|(slot, version, data)| services.reseal_slot(slot, *version, data));
+        let durable = enclave.services().durable();
         i.rebuilt = Some(enclave);
-        resealed.map_err(|e| state_error(format!("re-sealing: {e}")))
+        resealed.map_err(|e| state_error(format!("re-sealing: {e}")))?;
+        Ok(durable)
     }
 
     /// COMMIT is recorded: the rebuilt enclave runs here.
@@ -750,15 +785,9 @@ impl Monitor {
         let id = i.machine.prepare().enclave;
         let epoch = i.machine.prepare().epoch + 1;
         tracing::info!(enclave = %id, migration = %m, "migration committed; enclave runs here");
-        self.enclaves.insert(
-            id,
-            Resident {
-                enclave,
-                state: EnclaveState::Running,
-                epoch,
-                resume_to: EnclaveState::Running,
-            },
-        );
+        // COMMIT carried the durable state the instance has: the ledger is caught up.
+        self.enclaves
+            .insert(id, Resident::new(enclave, EnclaveState::Running, epoch));
     }
 
     /// The copy (partial or rebuilt) is dropped, with any blobs re-sealed for it.

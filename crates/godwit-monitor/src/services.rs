@@ -23,6 +23,9 @@ pub(crate) struct Slot {
     pub(crate) version: u64,
     /// Its plaintext size.
     pub(crate) len: usize,
+    /// Known only from the store's record (an adopted instance): a newer authentic blob
+    /// is accepted once (see [`seal::Expect::AtLeast`]).
+    pub(crate) from_ledger: bool,
 }
 
 /// Per-instance state the SM keeps beside the enclave: its sealing key, the newest version
@@ -100,6 +103,7 @@ impl InstanceServices {
             Slot {
                 version,
                 len: data.len(),
+                from_ledger: false,
             },
         );
         Ok(())
@@ -138,6 +142,7 @@ impl InstanceServices {
             Slot {
                 version,
                 len: data.len(),
+                from_ledger: false,
             },
         );
         Ok(())
@@ -202,14 +207,62 @@ impl InstanceServices {
     /// Fetches `slot`'s blob from the host and opens it, refusing anything but the newest
     /// version this SM sealed.
     pub(crate) fn unseal_slot(&mut self, slot: &str) -> Result<Vec<u8>, SealError> {
-        let newest = self.slots.get(slot).ok_or(SealError::NotSealed)?.version;
+        let known = *self.slots.get(slot).ok_or(SealError::NotSealed)?;
         let blob = self
             .blobs
             .get(self.id, slot)
             .ok()
             .flatten()
             .ok_or(SealError::Missing)?;
-        seal::open(&self.key, self.id, self.app, slot, newest, &blob)
+        let expect = if known.from_ledger {
+            seal::Expect::AtLeast(known.version)
+        } else {
+            seal::Expect::Exactly(known.version)
+        };
+        let (version, data) =
+            seal::open_versioned(&self.key, (self.id, self.app, slot), expect, &blob)?;
+        self.slots.insert(
+            slot.to_owned(),
+            Slot {
+                version,
+                len: data.len(),
+                from_ledger: false,
+            },
+        );
+        Ok(data)
+    }
+
+    /// What must survive a restart: sealed versions and counters.
+    pub(crate) fn durable(&self) -> godwit_proto::DurableState {
+        godwit_proto::DurableState {
+            sealed: self
+                .slots
+                .iter()
+                .map(|(k, s)| {
+                    let v = godwit_proto::SlotVersion {
+                        version: s.version,
+                        len: s.len as u64,
+                    };
+                    (k.clone(), v)
+                })
+                .collect(),
+            counters: self.counters.clone(),
+        }
+    }
+
+    /// Takes the durable state the store recorded for an adopted instance.
+    pub(crate) fn adopt_durable(&mut self, d: &godwit_proto::DurableState) {
+        for (slot, v) in &d.sealed {
+            let len = usize::try_from(v.len).unwrap_or(usize::MAX);
+            let slot_state = Slot {
+                version: v.version,
+                len,
+                from_ledger: true,
+            };
+            self.slots.insert(slot.clone(), slot_state);
+        }
+        self.counters
+            .extend(d.counters.iter().map(|(k, v)| (k.clone(), *v)));
     }
 }
 

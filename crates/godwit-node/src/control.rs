@@ -15,12 +15,16 @@ pub const REQUEST_BYTES_MAX: usize = 48 * 1024 * 1024;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum Command {
-    /// Create an enclave from a module (hex) and a manifest (TOML text).
+    /// Create an enclave from a module (hex) and a manifest (TOML text); with `adopt`, a
+    /// fresh instance of that lost enclave instead (on the host holding its sealed data).
     Deploy {
         /// The module, hex.
         module_hex: String,
         /// The manifest.
         manifest: String,
+        /// A lost enclave to adopt.
+        #[serde(default)]
+        adopt: Option<String>,
     },
     /// Run an ecall.
     Call {

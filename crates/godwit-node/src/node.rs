@@ -20,7 +20,7 @@ use tokio::sync::{Notify, broadcast, oneshot};
 
 use crate::config::NodeConfig;
 use crate::disk::DirBlobStore;
-use crate::raftnet::{RaftNet, RpcFail, StoreMsg, StoreRequest, StoreResponse, WriteError, author};
+use crate::raftnet::{RaftNet, RpcFail, StoreMsg, StoreRequest, StoreResponse, WriteError};
 
 /// Largest frame read from a peer: one record of the largest payload, or a handshake
 /// message.
@@ -358,7 +358,7 @@ impl Inner {
             StoreRequest::Vote(r) => StoreResponse::Vote(raft.vote(r).await),
             StoreRequest::Snapshot(r) => StoreResponse::Snapshot(raft.install_snapshot(r).await),
             StoreRequest::Write(op) => {
-                if author(&op).is_some_and(|a| *a != peer) {
+                if *op.author() != peer {
                     return StoreResponse::Write(Err(WriteError::Refused(format!(
                         "{peer} wrote on behalf of another host"
                     ))));

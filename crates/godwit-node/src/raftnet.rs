@@ -164,16 +164,3 @@ impl RaftNetwork<TypeConfig> for PeerLink {
         }
     }
 }
-
-/// The host on whose behalf a ledger write is made: a member may only forward its own SM's
-/// writes (its channel peer is authenticated).
-pub(crate) fn author(op: &LedgerOp) -> Option<&HostId> {
-    match op {
-        LedgerOp::Register { owner, .. } => Some(owner),
-        LedgerOp::Begin { from, .. } => Some(from),
-        LedgerOp::Commit { by, .. } | LedgerOp::Abort { by, .. } | LedgerOp::Destroy { by, .. } => {
-            Some(by)
-        }
-        LedgerOp::MarkLost { .. } => None,
-    }
-}

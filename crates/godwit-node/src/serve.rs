@@ -4,7 +4,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use godwit_monitor::{EnclaveState, Event, MigrationReport, MonitorError};
+use godwit_monitor::{CallOutcome, EnclaveState, Event, MigrationReport, MonitorError};
 use godwit_proto::AbortReason;
 use godwit_wire::{EnclaveId, HostId, Manifest};
 use serde_json::{Value, json};
@@ -84,12 +84,13 @@ async fn handle(inner: Arc<Inner>, stream: tokio::net::UnixStream) {
         Command::Deploy {
             module_hex,
             manifest,
-        } => deploy(&inner, &module_hex, &manifest).await,
+            adopt,
+        } => deploy(&inner, &module_hex, &manifest, adopt.as_deref()).await,
         Command::Call {
             enclave,
             function,
             arg,
-        } => call(&inner, &enclave, &function, &arg),
+        } => call(&inner, &enclave, &function, &arg).await,
         Command::Migrate { enclave, to } => migrate(&inner, &enclave, &to, &mut w).await,
         Command::Destroy { enclave } => match parse_enclave(&enclave) {
             Ok(id) => inner
@@ -131,7 +132,12 @@ fn monitor_err(e: MonitorError) -> Response {
     err(monitor_code(&e), e)
 }
 
-async fn deploy(inner: &Arc<Inner>, module_hex: &str, manifest: &str) -> Response {
+async fn deploy(
+    inner: &Arc<Inner>,
+    module_hex: &str,
+    manifest: &str,
+    adopt: Option<&str>,
+) -> Response {
     let Ok(module) = hex::decode(module_hex) else {
         return err("bad_request", "the module is not hex");
     };
@@ -140,7 +146,12 @@ async fn deploy(inner: &Arc<Inner>, module_hex: &str, manifest: &str) -> Respons
         Err(e) => return err("bad_manifest", e),
     };
     let mut events = inner.events.subscribe();
-    let id = match inner.with(|m| m.create(&module, manifest)) {
+    let created = match adopt.map(parse_enclave) {
+        None => inner.with(|m| m.create(&module, manifest)),
+        Some(Ok(id)) => inner.with(|m| m.adopt(id, &module, manifest)).map(|()| id),
+        Some(Err(e)) => return e,
+    };
+    let id = match created {
         Ok(id) => id,
         Err(e) => return monitor_err(e),
     };
@@ -168,17 +179,46 @@ async fn deploy(inner: &Arc<Inner>, module_hex: &str, manifest: &str) -> Respons
     }
 }
 
-fn call(inner: &Arc<Inner>, enclave: &str, function: &str, arg: &str) -> Response {
+/// How long a withheld result may wait for the store.
+const WITHHELD_TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn call(inner: &Arc<Inner>, enclave: &str, function: &str, arg: &str) -> Response {
     let id = match parse_enclave(enclave) {
         Ok(id) => id,
         Err(e) => return e,
     };
-    match inner.with(|m| m.call(id, function, arg.as_bytes())) {
-        Ok(out) => match String::from_utf8(out) {
-            Ok(text) => Response::Ok(json!({ "result": text })),
-            Err(e) => Response::Ok(json!({ "result_hex": hex::encode(e.into_bytes()) })),
-        },
-        Err(e) => monitor_err(e),
+    let mut events = inner.events.subscribe();
+    let out = match inner.with(|m| m.call(id, function, arg.as_bytes())) {
+        Ok(CallOutcome::Done(out)) => out,
+        Ok(CallOutcome::Pending(call)) => {
+            // The result depends on durable state the store has not recorded yet.
+            let wait = async {
+                loop {
+                    match events.recv().await {
+                        Ok(Event::CallCompleted {
+                            call: c, result, ..
+                        }) if c == call => return result,
+                        Ok(_) | Err(RecvError::Lagged(_)) => {}
+                        Err(RecvError::Closed) => return Err("node shutting down".into()),
+                    }
+                }
+            };
+            match tokio::time::timeout(WITHHELD_TIMEOUT, wait).await {
+                Ok(Ok(out)) => out,
+                Ok(Err(e)) => return err("store_refused", e),
+                Err(_) => {
+                    return err(
+                        "store_unavailable",
+                        "the result is withheld until the store records the enclave's state",
+                    );
+                }
+            }
+        }
+        Err(e) => return monitor_err(e),
+    };
+    match String::from_utf8(out) {
+        Ok(text) => Response::Ok(json!({ "result": text })),
+        Err(e) => Response::Ok(json!({ "result_hex": hex::encode(e.into_bytes()) })),
     }
 }
 

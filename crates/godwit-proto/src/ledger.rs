@@ -16,6 +16,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::MigrationId;
 
+/// A boot epoch of an SM, as the ledger records it.
+pub type Boot = [u8; 16];
+
 /// Where an enclave instance stands in the ledger.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -29,7 +32,9 @@ pub enum RecordState {
         /// The receiving host.
         to: HostId,
     },
-    /// Its only live copy was lost (its host crashed); never to be restarted from memory.
+    /// Its only live copy was lost (its SM restarted); never to be restarted from memory.
+    /// Its sealed data stays on the last owner's disk, usable by a fresh instance
+    /// ([`LedgerOp::Adopt`]).
     Lost,
 }
 
@@ -53,6 +58,54 @@ pub enum Decision {
     Aborted,
 }
 
+/// One sealed slot's newest version and its plaintext size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotVersion {
+    /// The newest version sealed.
+    pub version: u64,
+    /// Its plaintext size.
+    pub len: u64,
+}
+
+/// The state of an enclave that must survive restarts: its sealed slots' newest versions
+/// (rollback protection) and its monotonic counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DurableState {
+    /// Per slot.
+    pub sealed: BTreeMap<String, SlotVersion>,
+    /// Per counter.
+    pub counters: BTreeMap<String, u64>,
+}
+
+impl DurableState {
+    /// Takes in `newer`, keeping the larger version of each slot and the larger value of
+    /// each counter: the ledger's copy never goes back.
+    pub fn merge(&mut self, newer: &DurableState) {
+        for (slot, v) in &newer.sealed {
+            let e = self.sealed.entry(slot.clone()).or_insert(*v);
+            if v.version >= e.version {
+                *e = *v;
+            }
+        }
+        for (name, value) in &newer.counters {
+            let e = self.counters.entry(name.clone()).or_insert(*value);
+            *e = (*e).max(*value);
+        }
+    }
+
+    /// Whether `self` is at or beyond `other` everywhere (nothing went back).
+    pub fn covers(&self, other: &DurableState) -> bool {
+        other
+            .sealed
+            .iter()
+            .all(|(k, v)| self.sealed.get(k).is_some_and(|s| s.version >= v.version))
+            && other
+                .counters
+                .iter()
+                .all(|(k, v)| self.counters.get(k).is_some_and(|c| c >= v))
+    }
+}
+
 /// One enclave instance's entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnclaveRecord {
@@ -62,8 +115,10 @@ pub struct EnclaveRecord {
     pub app: Measurement,
     /// The application's name.
     pub app_name: String,
-    /// The host whose SM owns it.
+    /// The host whose SM owns it (for `lost`: the last owner, which holds its blobs).
     pub owner: HostId,
+    /// The boot epoch of the owner's SM when it took ownership.
+    pub owner_boot: Boot,
     /// Advances with every decision: a write naming an older epoch is stale.
     pub epoch: u64,
     /// Its state.
@@ -72,6 +127,8 @@ pub struct EnclaveRecord {
     pub last_decision: Option<(MigrationId, Decision)>,
     /// The digest of the last committed transfer.
     pub last_digest: Option<[u8; 32]>,
+    /// Newest sealed versions and counters.
+    pub durable: DurableState,
 }
 
 /// A write to the ledger.
@@ -87,6 +144,8 @@ pub enum LedgerOp {
         app_name: String,
         /// The creating host.
         owner: HostId,
+        /// Its SM's boot epoch.
+        boot: Boot,
         /// The manifest's cluster-wide cap, if any.
         max_instances_cluster: Option<u32>,
     },
@@ -113,10 +172,15 @@ pub enum LedgerOp {
         migration: MigrationId,
         /// The receiver (must be the migration's `to`).
         by: HostId,
+        /// The receiver SM's boot epoch.
+        boot: Boot,
         /// The digest of what it received.
         digest: [u8; 32],
+        /// The durable state it received.
+        durable: DurableState,
     },
-    /// A party gives the migration up; the sender owns the instance again.
+    /// A party gives the migration up; the sender owns the instance again (or, if the
+    /// sender's SM restarted meanwhile, the instance is lost).
     Abort {
         /// The instance.
         id: EnclaveId,
@@ -124,7 +188,7 @@ pub enum LedgerOp {
         epoch: u64,
         /// The migration.
         migration: MigrationId,
-        /// Who aborts (must be the sender or the receiver).
+        /// Who aborts: the sender or the receiver; anyone if the sender restarted.
         by: HostId,
     },
     /// The owner destroyed the instance.
@@ -134,25 +198,65 @@ pub enum LedgerOp {
         /// The owner.
         by: HostId,
     },
-    /// The owner's only copy is gone (the owner restarted with a new boot epoch).
-    MarkLost {
+    /// The owner's SM recorded newer sealed versions or counters.
+    Update {
         /// The instance.
         id: EnclaveId,
-        /// The epoch at which it was lost.
+        /// Its epoch.
         epoch: u64,
+        /// The owner.
+        by: HostId,
+        /// The newer state.
+        durable: DurableState,
+    },
+    /// A host's SM started with a new boot epoch: what it owned under an older one is lost.
+    HostBooted {
+        /// The host.
+        host: HostId,
+        /// Its new boot epoch.
+        boot: Boot,
+    },
+    /// The last owner of a lost instance starts a fresh instance under its id, from its
+    /// module (never from old memory), with its recorded sealed versions and counters.
+    Adopt {
+        /// The instance.
+        id: EnclaveId,
+        /// The adopting host (must be the last owner: the blobs are sealed to it).
+        by: HostId,
+        /// Its SM's boot epoch.
+        boot: Boot,
+        /// The application (must match).
+        app: Measurement,
     },
 }
 
 impl LedgerOp {
-    /// The instance the op concerns.
-    pub fn enclave(&self) -> EnclaveId {
+    /// The instance the op concerns, if it concerns one.
+    pub fn enclave(&self) -> Option<EnclaveId> {
         match self {
             Self::Register { id, .. }
             | Self::Begin { id, .. }
             | Self::Commit { id, .. }
             | Self::Abort { id, .. }
             | Self::Destroy { id, .. }
-            | Self::MarkLost { id, .. } => *id,
+            | Self::Update { id, .. }
+            | Self::Adopt { id, .. } => Some(*id),
+            Self::HostBooted { .. } => None,
+        }
+    }
+
+    /// The host on whose behalf the op is written: only that host's SM may write it (the
+    /// receiver's SM for a COMMIT; either party for an ABORT — checked by the ledger).
+    pub fn author(&self) -> &HostId {
+        match self {
+            Self::Register { owner, .. } => owner,
+            Self::Begin { from, .. } => from,
+            Self::Commit { by, .. }
+            | Self::Abort { by, .. }
+            | Self::Destroy { by, .. }
+            | Self::Update { by, .. }
+            | Self::Adopt { by, .. } => by,
+            Self::HostBooted { host, .. } => host,
         }
     }
 }
@@ -187,8 +291,8 @@ pub enum LedgerRefusal {
     /// The migration was already decided the other way.
     #[error("the migration was already {0:?}")]
     AlreadyDecided(Decision),
-    /// The writer is not allowed to make this decision.
-    #[error("{by} is not a party to this migration")]
+    /// The writer is not allowed to make this write.
+    #[error("{by} may not write this")]
     NotParty {
         /// The writer.
         by: HostId,
@@ -199,13 +303,16 @@ pub enum LedgerRefusal {
         /// The manifest's cap.
         limit: u32,
     },
+    /// An adoption names another application than the record's.
+    #[error("the enclave belongs to another application")]
+    WrongApp,
 }
 
 /// The ledger's answer to a write: the record after it, or a refusal with the record as it
 /// stands (so the writer learns the current truth in the same reply).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum LedgerOutcome {
-    /// Applied (or an identical decision applied before); the record now.
+    /// Applied (or an identical write applied before); the record now.
     Applied(Option<EnclaveRecord>),
     /// Refused; the record as it stands.
     Refused {
@@ -220,6 +327,8 @@ pub enum LedgerOutcome {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ledger {
     records: BTreeMap<EnclaveId, EnclaveRecord>,
+    /// Each host's current boot epoch, as its SM last announced it.
+    boots: BTreeMap<HostId, Boot>,
 }
 
 impl Ledger {
@@ -238,6 +347,16 @@ impl Ledger {
         self.records.values()
     }
 
+    /// A host's current boot epoch, if it announced one.
+    pub fn boot_of(&self, host: &HostId) -> Option<&Boot> {
+        self.boots.get(host)
+    }
+
+    /// Whether the SM that owns `r` has restarted since it took ownership.
+    fn owner_restarted(&self, r: &EnclaveRecord) -> bool {
+        self.boots.get(&r.owner).is_some_and(|b| *b != r.owner_boot)
+    }
+
     /// Applies one write. Deterministic: the same ops in the same order give the same
     /// state and outcomes on every replica.
     pub fn apply(&mut self, op: &LedgerOp) -> LedgerOutcome {
@@ -247,8 +366,9 @@ impl Ledger {
                 app,
                 app_name,
                 owner,
+                boot,
                 max_instances_cluster,
-            } => self.register(*id, *app, app_name, owner, *max_instances_cluster),
+            } => self.register(*id, *app, app_name, owner, *boot, *max_instances_cluster),
             LedgerOp::Begin {
                 id,
                 epoch,
@@ -261,23 +381,25 @@ impl Ledger {
                 epoch,
                 migration,
                 by,
+                boot,
                 digest,
-            } => self.decide(
-                *id,
-                *epoch,
-                *migration,
-                by,
-                Decision::Committed,
-                Some(*digest),
-            ),
+                durable,
+            } => self.decide(*id, *epoch, *migration, by, Some((*boot, *digest, durable))),
             LedgerOp::Abort {
                 id,
                 epoch,
                 migration,
                 by,
-            } => self.decide(*id, *epoch, *migration, by, Decision::Aborted, None),
+            } => self.decide(*id, *epoch, *migration, by, None),
             LedgerOp::Destroy { id, by } => self.destroy(*id, by),
-            LedgerOp::MarkLost { id, epoch } => self.mark_lost(*id, *epoch),
+            LedgerOp::Update {
+                id,
+                epoch,
+                by,
+                durable,
+            } => self.update(*id, *epoch, by, durable),
+            LedgerOp::HostBooted { host, boot } => self.host_booted(host, *boot),
+            LedgerOp::Adopt { id, by, boot, app } => self.adopt(*id, by, *boot, *app),
         };
         self.check_invariants();
         outcome
@@ -296,11 +418,17 @@ impl Ledger {
         app: Measurement,
         app_name: &str,
         owner: &HostId,
+        boot: Boot,
         cap: Option<u32>,
     ) -> LedgerOutcome {
         if let Some(r) = self.records.get(&id) {
             // The same registration repeated (its first reply was lost) is answered alike.
-            if r.app == app && r.owner == *owner && r.epoch == 0 && r.last_decision.is_none() {
+            if r.app == app
+                && r.owner == *owner
+                && r.owner_boot == boot
+                && r.epoch == 0
+                && r.last_decision.is_none()
+            {
                 return LedgerOutcome::Applied(Some(r.clone()));
             }
             return self.refuse(id, LedgerRefusal::AlreadyRegistered);
@@ -320,10 +448,12 @@ impl Ledger {
             app,
             app_name: app_name.to_owned(),
             owner: owner.clone(),
+            owner_boot: boot,
             epoch: 0,
             state: RecordState::Running,
             last_decision: None,
             last_digest: None,
+            durable: DurableState::default(),
         };
         self.records.insert(id, record.clone());
         LedgerOutcome::Applied(Some(record))
@@ -366,10 +496,9 @@ impl Ledger {
                 },
             );
         }
-        if r.owner != *from || from == to {
+        if r.owner != *from || from == to || self.owner_restarted(r) {
             return self.refuse(id, LedgerRefusal::NotParty { by: from.clone() });
         }
-        // Invariant: found just above.
         let r = self.records.get_mut(&id).expect("present");
         r.state = RecordState::Migrating {
             migration,
@@ -378,15 +507,20 @@ impl Ledger {
         LedgerOutcome::Applied(Some(r.clone()))
     }
 
+    /// COMMIT (`commit` = the receiver's boot, digest and durable state) or ABORT.
     fn decide(
         &mut self,
         id: EnclaveId,
         epoch: u64,
         migration: MigrationId,
         by: &HostId,
-        decision: Decision,
-        digest: Option<[u8; 32]>,
+        commit: Option<(Boot, [u8; 32], &DurableState)>,
     ) -> LedgerOutcome {
+        let decision = if commit.is_some() {
+            Decision::Committed
+        } else {
+            Decision::Aborted
+        };
         let Some(r) = self.records.get(&id) else {
             return self.refuse(id, LedgerRefusal::Unknown);
         };
@@ -424,29 +558,37 @@ impl Ledger {
                 },
             );
         }
+        let sender_restarted = self.owner_restarted(r);
         let allowed = match decision {
             Decision::Committed => by == to,
-            Decision::Aborted => by == to || *by == r.owner,
+            // Deadlines are the parties' business; others may only settle a migration whose
+            // sender can no longer act.
+            Decision::Aborted => by == to || *by == r.owner || sender_restarted,
         };
         if !allowed {
             return self.refuse(id, LedgerRefusal::NotParty { by: by.clone() });
         }
         let to = to.clone();
-        // Invariant: found just above.
         let r = self.records.get_mut(&id).expect("present");
-        if decision == Decision::Committed {
-            r.owner = to;
-            r.last_digest = digest;
+        match commit {
+            Some((boot, digest, durable)) => {
+                r.owner = to;
+                r.owner_boot = boot;
+                r.last_digest = Some(digest);
+                r.durable.merge(durable);
+                r.state = RecordState::Running;
+            }
+            None if sender_restarted => r.state = RecordState::Lost,
+            None => r.state = RecordState::Running,
         }
         r.epoch += 1;
-        r.state = RecordState::Running;
         r.last_decision = Some((migration, decision));
         LedgerOutcome::Applied(Some(r.clone()))
     }
 
     fn destroy(&mut self, id: EnclaveId, by: &HostId) -> LedgerOutcome {
         let Some(r) = self.records.get(&id) else {
-            return self.refuse(id, LedgerRefusal::Unknown);
+            return LedgerOutcome::Applied(None); // already gone: a repeat
         };
         if r.owner != *by {
             return self.refuse(id, LedgerRefusal::NotParty { by: by.clone() });
@@ -463,10 +605,19 @@ impl Ledger {
         LedgerOutcome::Applied(None)
     }
 
-    fn mark_lost(&mut self, id: EnclaveId, epoch: u64) -> LedgerOutcome {
+    fn update(
+        &mut self,
+        id: EnclaveId,
+        epoch: u64,
+        by: &HostId,
+        durable: &DurableState,
+    ) -> LedgerOutcome {
         let Some(r) = self.records.get(&id) else {
             return self.refuse(id, LedgerRefusal::Unknown);
         };
+        if r.owner != *by || self.owner_restarted(r) {
+            return self.refuse(id, LedgerRefusal::NotParty { by: by.clone() });
+        }
         if r.epoch != epoch {
             return self.refuse(
                 id,
@@ -484,9 +635,58 @@ impl Ledger {
                 },
             );
         }
-        // Invariant: found just above.
         let r = self.records.get_mut(&id).expect("present");
-        r.state = RecordState::Lost;
+        r.durable.merge(durable);
+        LedgerOutcome::Applied(Some(r.clone()))
+    }
+
+    fn host_booted(&mut self, host: &HostId, boot: Boot) -> LedgerOutcome {
+        self.boots.insert(host.clone(), boot);
+        let boots = &self.boots;
+        let restarted = |h: &HostId, b: &Boot| boots.get(h).is_some_and(|cur| cur != b);
+        for r in self.records.values_mut() {
+            let lost = match &r.state {
+                // What the host ran under an older boot is gone with its memory.
+                RecordState::Running => r.owner == *host && r.owner_boot != boot,
+                // A migration to the restarted host from a sender that also restarted: no
+                // one holds the enclave any more.
+                RecordState::Migrating { to, .. } => {
+                    to == host && restarted(&r.owner, &r.owner_boot)
+                }
+                RecordState::Lost => false,
+            };
+            if lost {
+                r.state = RecordState::Lost;
+                r.epoch += 1;
+            }
+        }
+        LedgerOutcome::Applied(None)
+    }
+
+    fn adopt(&mut self, id: EnclaveId, by: &HostId, boot: Boot, app: Measurement) -> LedgerOutcome {
+        let Some(r) = self.records.get(&id) else {
+            return self.refuse(id, LedgerRefusal::Unknown);
+        };
+        if r.owner == *by && r.owner_boot == boot && r.state == RecordState::Running {
+            return LedgerOutcome::Applied(Some(r.clone())); // a repeated adoption
+        }
+        if r.state != RecordState::Lost {
+            return self.refuse(
+                id,
+                LedgerRefusal::WrongState {
+                    state: r.state.name().into(),
+                },
+            );
+        }
+        if r.owner != *by {
+            return self.refuse(id, LedgerRefusal::NotParty { by: by.clone() });
+        }
+        if r.app != app {
+            return self.refuse(id, LedgerRefusal::WrongApp);
+        }
+        let r = self.records.get_mut(&id).expect("present");
+        r.state = RecordState::Running;
+        r.owner_boot = boot;
         r.epoch += 1;
         LedgerOutcome::Applied(Some(r.clone()))
     }
@@ -513,14 +713,26 @@ mod tests {
     const E: EnclaveId = EnclaveId([1; 16]);
     const M1: MigrationId = MigrationId([1; 16]);
     const M2: MigrationId = MigrationId([2; 16]);
+    const BOOT_A: Boot = [0xa; 16];
+    const BOOT_B: Boot = [0xb; 16];
+    const APP: Measurement = Measurement([3; 32]);
 
     fn registered() -> Ledger {
         let mut l = Ledger::new();
+        l.apply(&LedgerOp::HostBooted {
+            host: h("a"),
+            boot: BOOT_A,
+        });
+        l.apply(&LedgerOp::HostBooted {
+            host: h("b"),
+            boot: BOOT_B,
+        });
         let out = l.apply(&LedgerOp::Register {
             id: E,
-            app: Measurement([3; 32]),
+            app: APP,
             app_name: "app".into(),
             owner: h("a"),
+            boot: BOOT_A,
             max_instances_cluster: None,
         });
         assert!(matches!(out, LedgerOutcome::Applied(Some(_))));
@@ -536,13 +748,27 @@ mod tests {
             migration: m,
         })
     }
+    fn durable(counter: u64) -> DurableState {
+        DurableState {
+            sealed: BTreeMap::from([(
+                "s".to_string(),
+                SlotVersion {
+                    version: counter,
+                    len: 8,
+                },
+            )]),
+            counters: BTreeMap::from([("c".to_string(), counter)]),
+        }
+    }
     fn commit(l: &mut Ledger, epoch: u64, m: MigrationId) -> LedgerOutcome {
         l.apply(&LedgerOp::Commit {
             id: E,
             epoch,
             migration: m,
             by: h("b"),
+            boot: BOOT_B,
             digest: [9; 32],
+            durable: durable(5),
         })
     }
     fn abort(l: &mut Ledger, epoch: u64, m: MigrationId, by: &str) -> LedgerOutcome {
@@ -553,6 +779,10 @@ mod tests {
             by: h(by),
         })
     }
+    fn state(l: &Ledger) -> (String, u64, RecordState) {
+        let r = l.get(&E).unwrap();
+        (r.owner.to_string(), r.epoch, r.state.clone())
+    }
 
     #[test]
     fn commit_moves_ownership_and_advances_the_epoch() {
@@ -561,10 +791,8 @@ mod tests {
         let LedgerOutcome::Applied(Some(r)) = commit(&mut l, 0, M1) else {
             panic!()
         };
-        assert_eq!(
-            (r.owner.as_str(), r.epoch, r.state.clone()),
-            ("b", 1, RecordState::Running)
-        );
+        assert_eq!(state(&l), ("b".into(), 1, RecordState::Running));
+        assert_eq!((r.owner_boot, r.durable.clone()), (BOOT_B, durable(5)));
         // Repeating the commit is answered the same; a late abort names the winner.
         assert_eq!(commit(&mut l, 0, M1), LedgerOutcome::Applied(Some(r)));
         assert!(matches!(
@@ -580,10 +808,11 @@ mod tests {
     fn abort_first_refuses_the_commit() {
         let mut l = registered();
         begin(&mut l, 0, M1);
-        let LedgerOutcome::Applied(Some(r)) = abort(&mut l, 0, M1, "b") else {
-            panic!()
-        };
-        assert_eq!((r.owner.as_str(), r.epoch), ("a", 1));
+        assert!(matches!(
+            abort(&mut l, 0, M1, "b"),
+            LedgerOutcome::Applied(_)
+        ));
+        assert_eq!(state(&l), ("a".into(), 1, RecordState::Running));
         assert!(matches!(
             commit(&mut l, 0, M1),
             LedgerOutcome::Refused {
@@ -604,7 +833,6 @@ mod tests {
             }
         ));
         begin(&mut l, 0, M1);
-        // A second migration of the same enclave while one is in progress.
         assert!(matches!(
             begin(&mut l, 0, M2),
             LedgerOutcome::Refused {
@@ -626,14 +854,15 @@ mod tests {
                 ..
             }
         ));
-        // Only the receiver commits.
         assert!(matches!(
             l.apply(&LedgerOp::Commit {
                 id: E,
                 epoch: 0,
                 migration: M1,
                 by: h("a"),
-                digest: [0; 32]
+                boot: BOOT_A,
+                digest: [0; 32],
+                durable: DurableState::default()
             }),
             LedgerOutcome::Refused {
                 reason: LedgerRefusal::NotParty { .. },
@@ -641,7 +870,6 @@ mod tests {
             }
         ));
         commit(&mut l, 0, M1);
-        // The next migration must name the new epoch and come from the new owner.
         assert!(matches!(
             begin(&mut l, 0, M2),
             LedgerOutcome::Refused {
@@ -664,13 +892,18 @@ mod tests {
         let reg = |l: &mut Ledger, n: u8| {
             l.apply(&LedgerOp::Register {
                 id: EnclaveId([n; 16]),
-                app: Measurement([3; 32]),
+                app: APP,
                 app_name: "app".into(),
                 owner: h("a"),
+                boot: BOOT_A,
                 max_instances_cluster: Some(2),
             })
         };
         assert!(matches!(reg(&mut l, 1), LedgerOutcome::Applied(_)));
+        assert!(
+            matches!(reg(&mut l, 1), LedgerOutcome::Applied(_)),
+            "a repeat is answered alike"
+        );
         assert!(matches!(reg(&mut l, 2), LedgerOutcome::Applied(_)));
         assert!(matches!(
             reg(&mut l, 3),
@@ -681,11 +914,151 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn a_restart_loses_what_the_host_ran_but_not_what_it_took_over_after() {
+        let mut l = registered();
+        // A new boot at a: E (owned under the old boot) is lost.
+        l.apply(&LedgerOp::HostBooted {
+            host: h("a"),
+            boot: [0xc; 16],
+        });
+        assert_eq!(state(&l), ("a".into(), 1, RecordState::Lost));
+        // An enclave registered under the new boot is untouched by a repeat of the same boot.
+        l.apply(&LedgerOp::Register {
+            id: EnclaveId([2; 16]),
+            app: APP,
+            app_name: "x".into(),
+            owner: h("a"),
+            boot: [0xc; 16],
+            max_instances_cluster: None,
+        });
+        l.apply(&LedgerOp::HostBooted {
+            host: h("a"),
+            boot: [0xc; 16],
+        });
+        assert_eq!(
+            l.get(&EnclaveId([2; 16])).unwrap().state,
+            RecordState::Running
+        );
+    }
+
+    #[test]
+    fn an_abort_after_the_sender_restarted_records_the_enclave_lost() {
+        let mut l = registered();
+        begin(&mut l, 0, M1);
+        l.apply(&LedgerOp::HostBooted {
+            host: h("a"),
+            boot: [0xc; 16],
+        });
+        // Still migrating: the receiver may yet commit, or anyone may settle it.
+        assert!(matches!(state(&l).2, RecordState::Migrating { .. }));
+        assert!(matches!(
+            abort(&mut l, 0, M1, "c"),
+            LedgerOutcome::Applied(_)
+        ));
+        assert_eq!(state(&l), ("a".into(), 1, RecordState::Lost));
+    }
+
+    #[test]
+    fn a_migration_whose_both_ends_restarted_is_lost() {
+        let mut l = registered();
+        begin(&mut l, 0, M1);
+        l.apply(&LedgerOp::HostBooted {
+            host: h("a"),
+            boot: [0xc; 16],
+        });
+        l.apply(&LedgerOp::HostBooted {
+            host: h("b"),
+            boot: [0xd; 16],
+        });
+        assert_eq!(state(&l).2, RecordState::Lost);
+    }
+
+    #[test]
+    fn updates_only_grow_and_only_the_owner_writes_them() {
+        let mut l = registered();
+        let up = |l: &mut Ledger, by: &str, d: DurableState| {
+            l.apply(&LedgerOp::Update {
+                id: E,
+                epoch: 0,
+                by: h(by),
+                durable: d,
+            })
+        };
+        assert!(matches!(
+            up(&mut l, "a", durable(3)),
+            LedgerOutcome::Applied(_)
+        ));
+        assert!(matches!(
+            up(&mut l, "a", durable(2)),
+            LedgerOutcome::Applied(_)
+        ));
+        assert_eq!(l.get(&E).unwrap().durable, durable(3), "nothing goes back");
+        assert!(matches!(
+            up(&mut l, "b", durable(9)),
+            LedgerOutcome::Refused {
+                reason: LedgerRefusal::NotParty { .. },
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn only_the_last_owner_adopts_a_lost_enclave_and_keeps_its_durable_state() {
+        let mut l = registered();
+        l.apply(&LedgerOp::Update {
+            id: E,
+            epoch: 0,
+            by: h("a"),
+            durable: durable(7),
+        });
+        let adopt = |l: &mut Ledger, by: &str, app| {
+            l.apply(&LedgerOp::Adopt {
+                id: E,
+                by: h(by),
+                boot: [0xc; 16],
+                app,
+            })
+        };
+        assert!(matches!(
+            adopt(&mut l, "a", APP),
+            LedgerOutcome::Refused {
+                reason: LedgerRefusal::WrongState { .. },
+                ..
+            }
+        ));
+        l.apply(&LedgerOp::HostBooted {
+            host: h("a"),
+            boot: [0xc; 16],
+        });
+        assert!(matches!(
+            adopt(&mut l, "b", APP),
+            LedgerOutcome::Refused {
+                reason: LedgerRefusal::NotParty { .. },
+                ..
+            }
+        ));
+        assert!(matches!(
+            adopt(&mut l, "a", Measurement([4; 32])),
+            LedgerOutcome::Refused {
+                reason: LedgerRefusal::WrongApp,
+                ..
+            }
+        ));
+        let LedgerOutcome::Applied(Some(r)) = adopt(&mut l, "a", APP) else {
+            panic!()
+        };
+        assert_eq!(
+            (r.state, r.epoch, r.durable),
+            (RecordState::Running, 2, durable(7))
+        );
+    }
+
     proptest! {
         /// Whatever order commits and aborts of one migration arrive in, exactly one
         /// decision is recorded and every later write agrees with it.
         #[test]
-        fn racing_commit_and_abort_give_exactly_one_outcome(ops in proptest::collection::vec(0u8..4, 1..12)) {
+        fn racing_commit_and_abort_give_exactly_one_outcome(ops in proptest::collection::vec(0u8..3, 1..12)) {
             let mut l = registered();
             begin(&mut l, 0, M1);
             let mut decided: Option<Decision> = None;
@@ -693,13 +1066,8 @@ mod tests {
                 let (out, d) = match op {
                     0 => (commit(&mut l, 0, M1), Decision::Committed),
                     1 => (abort(&mut l, 0, M1, "a"), Decision::Aborted),
-                    2 => (abort(&mut l, 0, M1, "b"), Decision::Aborted),
-                    _ => (begin(&mut l, 0, M1), Decision::Aborted),
+                    _ => (abort(&mut l, 0, M1, "b"), Decision::Aborted),
                 };
-                if op == 3 {
-                    // A repeated Begin after the decision is stale; before it, a repeat.
-                    continue;
-                }
                 match out {
                     LedgerOutcome::Applied(_) => {
                         prop_assert!(decided.is_none() || decided == Some(d));
@@ -710,10 +1078,10 @@ mod tests {
                     }
                 }
             }
-            let r = l.get(&E).unwrap();
             if let Some(d) = decided {
-                prop_assert_eq!(r.epoch, 1);
-                prop_assert_eq!(r.owner.as_str(), if d == Decision::Committed { "b" } else { "a" });
+                let (owner, epoch, _) = state(&l);
+                prop_assert_eq!(epoch, 1);
+                prop_assert_eq!(owner.as_str(), if d == Decision::Committed { "b" } else { "a" });
             }
         }
     }

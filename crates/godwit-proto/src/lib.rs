@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use ledger::{
-    Decision, EnclaveRecord, Ledger, LedgerOp, LedgerOutcome, LedgerRefusal, RecordState,
+    Boot, Decision, DurableState, EnclaveRecord, Ledger, LedgerOp, LedgerOutcome, LedgerRefusal,
+    RecordState, SlotVersion,
 };
 pub use msg::{
     AbortReason, CHUNK_BYTES_MAX, FinalState, MESSAGE_BYTES_MAX, Message, Prepare, RefuseReason,

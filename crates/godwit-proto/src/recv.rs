@@ -26,7 +26,7 @@ use godwit_hw::TrustedInstant;
 use godwit_wire::HostId;
 use zeroize::Zeroizing;
 
-use crate::ledger::{Decision, LedgerOp, LedgerOutcome, LedgerRefusal};
+use crate::ledger::{Boot, Decision, DurableState, LedgerOp, LedgerOutcome, LedgerRefusal};
 use crate::msg::{AbortReason, CHUNK_BYTES_MAX, FinalState, Message, Prepare, Wait};
 use crate::timing::{Deadline, DeadlineTerms, TimeoutConfig};
 use crate::{MigrationId, PAGE_BYTES, SealedSlot, StoreReply, transfer_digest};
@@ -90,7 +90,7 @@ enum Phase {
         digest: [u8; 32],
     },
     AwaitCommit {
-        digest: [u8; 32],
+        commit: Box<LedgerOp>,
         deadline: Deadline,
     },
     Aborting {
@@ -105,6 +105,7 @@ pub struct Incoming {
     prepare: Prepare,
     from: HostId,
     me: HostId,
+    boot: Boot,
     config: TimeoutConfig,
     phase: Phase,
     effects: VecDeque<RecvEffect>,
@@ -112,13 +113,14 @@ pub struct Incoming {
 }
 
 impl Incoming {
-    /// Accepts a PREPARE the SM checked; the first effect transmits READY.
-    /// `prepared_for` is how long the checks took on this side's trusted timer.
+    /// Accepts a PREPARE the SM checked; the first effect transmits READY. `me` and `boot`
+    /// are this SM's host and boot epoch (COMMIT names them); `prepared_for` is how long the
+    /// checks took on this side's trusted timer.
     pub fn accept(
         now: TrustedInstant,
         prepare: Prepare,
         from: HostId,
-        me: HostId,
+        (me, boot): (HostId, Boot),
         config: TimeoutConfig,
         prepared_for: Duration,
     ) -> Self {
@@ -130,6 +132,7 @@ impl Incoming {
         let mut inc = Self {
             from,
             me,
+            boot,
             phase: Phase::AwaitTransfer {
                 deadline: Deadline::after(now, terms),
             },
@@ -398,37 +401,37 @@ impl Incoming {
         }
     }
 
-    /// The SM finished the instance and re-sealed its data (or could not).
-    pub fn restored(&mut self, now: TrustedInstant, result: Result<(), AbortReason>) {
+    /// The SM finished the instance and re-sealed its data (or could not). `Ok` carries the
+    /// durable state (sealed versions, counters) the instance now has, for the COMMIT.
+    pub fn restored(&mut self, now: TrustedInstant, result: Result<DurableState, AbortReason>) {
         let Phase::Restoring { digest } = self.phase else {
             return;
         };
         match result {
-            Ok(()) => {
-                self.phase = Phase::AwaitCommit {
+            Ok(durable) => {
+                let commit = LedgerOp::Commit {
+                    id: self.prepare.enclave,
+                    epoch: self.prepare.epoch,
+                    migration: self.migration(),
+                    by: self.me.clone(),
+                    boot: self.boot,
                     digest,
+                    durable,
+                };
+                self.effects.push_back(RecvEffect::Store(commit.clone()));
+                self.phase = Phase::AwaitCommit {
+                    commit: Box::new(commit),
                     deadline: Deadline::after(now, self.config.store_terms()),
                 };
-                self.request_commit(digest);
             }
             Err(reason) => self.abort(now, reason, true),
         }
     }
 
-    fn request_commit(&mut self, digest: [u8; 32]) {
-        self.effects.push_back(RecvEffect::Store(LedgerOp::Commit {
-            id: self.prepare.enclave,
-            epoch: self.prepare.epoch,
-            migration: self.migration(),
-            by: self.me.clone(),
-            digest,
-        }));
-    }
-
     /// The store's reply to the last write this machine asked for.
     pub fn handle_store(&mut self, _now: TrustedInstant, reply: StoreReply) {
         match std::mem::replace(&mut self.phase, Phase::Done) {
-            Phase::AwaitCommit { digest, deadline } => match reply {
+            Phase::AwaitCommit { commit, deadline } => match reply {
                 StoreReply::Outcome(LedgerOutcome::Applied(record)) => {
                     let epoch = record.map_or(self.prepare.epoch + 1, |r| r.epoch);
                     self.effects.push_back(RecvEffect::Activate);
@@ -444,7 +447,7 @@ impl Incoming {
                     self.effects.push_back(RecvEffect::Discard);
                     self.finish(RecvOutcome::Aborted(AbortReason::Store(reason)));
                 }
-                StoreReply::Unavailable(_) => self.phase = Phase::AwaitCommit { digest, deadline },
+                StoreReply::Unavailable(_) => self.phase = Phase::AwaitCommit { commit, deadline },
             },
             Phase::Aborting { reason, deadline } => match reply {
                 StoreReply::Outcome(LedgerOutcome::Refused {
@@ -487,10 +490,10 @@ impl Incoming {
                     true,
                 );
             }
-            Phase::AwaitCommit { digest, deadline } if deadline.expired(now) => {
+            Phase::AwaitCommit { commit, deadline } if deadline.expired(now) => {
                 *deadline = Deadline::after(now, self.config.store_terms());
-                let digest = *digest;
-                self.request_commit(digest);
+                let commit = (**commit).clone();
+                self.effects.push_back(RecvEffect::Store(commit));
             }
             Phase::Aborting { deadline, .. } if deadline.expired(now) => {
                 *deadline = Deadline::after(now, self.config.store_terms());

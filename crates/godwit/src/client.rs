@@ -40,7 +40,12 @@ pub fn send(config: &Path, command: Command, on_progress: impl FnMut(u64, u64)) 
     }
 }
 
-pub fn deploy(config: &Path, module: &Path, manifest: &Path) -> Result<ExitCode> {
+pub fn deploy(
+    config: &Path,
+    module: &Path,
+    manifest: &Path,
+    adopt: Option<String>,
+) -> Result<ExitCode> {
     let source = std::fs::read(module).with_context(|| format!("reading {}", module.display()))?;
     let module = godwit_enclave::module_from_source(&source)
         .with_context(|| format!("{}", module.display()))?;
@@ -51,6 +56,7 @@ pub fn deploy(config: &Path, module: &Path, manifest: &Path) -> Result<ExitCode>
         Command::Deploy {
             module_hex: hex::encode(module),
             manifest,
+            adopt,
         },
         |_, _| {},
     )?;

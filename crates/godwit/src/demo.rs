@@ -64,6 +64,7 @@ impl Cluster {
                 Command::Deploy {
                     module_hex: module,
                     manifest: ex.manifest.to_owned(),
+                    adopt: None,
                 },
                 |_, _| {},
             )

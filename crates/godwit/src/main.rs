@@ -44,6 +44,10 @@ enum Command {
         /// Its manifest (.toml).
         #[arg(long)]
         manifest: PathBuf,
+        /// Instead of a new enclave, start a fresh instance of this lost one (on the host
+        /// that holds its sealed data), with its recorded sealed versions and counters.
+        #[arg(long, value_name = "ENCLAVE")]
+        adopt: Option<String>,
     },
     /// Run an ecall and print its result; fails if this host does not run the enclave.
     Call {
@@ -140,7 +144,8 @@ fn main() -> ExitCode {
             config,
             module,
             manifest,
-        } => client::deploy(&config.config, &module, &manifest),
+            adopt,
+        } => client::deploy(&config.config, &module, &manifest, adopt),
         Command::Call {
             config,
             enclave,

@@ -54,7 +54,7 @@ fn pause_resume_and_destroy_follow_the_state_machine() {
     assert_eq!(call(&mut h, id, "incr"), "1");
     h.sm.pause(id).unwrap();
     assert!(matches!(
-        h.sm.call(id, "incr", b""),
+        h.call_raw(id, "incr", b""),
         Err(MonitorError::WrongState {
             state: EnclaveState::Paused,
             ..
@@ -72,7 +72,7 @@ fn pause_resume_and_destroy_follow_the_state_machine() {
         "destroy deletes the sealed blobs"
     );
     assert_eq!(
-        h.sm.call(id, "get", b""),
+        h.call_raw(id, "get", b""),
         Err(MonitorError::UnknownEnclave(id))
     );
     assert!(h.sm.list().is_empty());
@@ -83,7 +83,7 @@ fn unknown_ids_and_bad_modules_get_typed_errors() {
     let mut h = host("h1", 1);
     let ghost = EnclaveId([0xee; 16]);
     assert_eq!(
-        h.sm.call(ghost, "get", b""),
+        h.call_raw(ghost, "get", b""),
         Err(MonitorError::UnknownEnclave(ghost))
     );
     assert_eq!(h.sm.pause(ghost), Err(MonitorError::UnknownEnclave(ghost)));
@@ -104,7 +104,7 @@ fn unknown_ids_and_bad_modules_get_typed_errors() {
     ));
     let id = deploy(&mut h, BALLAST);
     assert!(matches!(
-        h.sm.call(id, "fill", b"99999"),
+        h.call_raw(id, "fill", b"99999"),
         Err(MonitorError::Enclave(EnclaveError::Failed { .. }))
     ));
 }
@@ -138,28 +138,29 @@ fn counters_are_monotonic_and_bounded() {
     h.settle();
     let value = |v: Vec<u8>| u64::from_le_bytes(v.try_into().unwrap());
     assert_eq!(
-        h.sm.call(id, "read", b"a"),
+        h.call_raw(id, "read", b"a"),
         Err(MonitorError::Enclave(EnclaveError::Failed { code: -1 }))
     );
-    h.sm.call(id, "create", b"a").unwrap();
+    h.call_raw(id, "create", b"a").unwrap();
     assert_eq!(
-        h.sm.call(id, "create", b"a"),
+        h.call_raw(id, "create", b"a"),
         Err(MonitorError::Enclave(EnclaveError::Failed { code: -2 }))
     );
     assert_eq!(
-        h.sm.call(id, "create", b"bad name!"),
+        h.call_raw(id, "create", b"bad name!"),
         Err(MonitorError::Enclave(EnclaveError::Failed { code: -4 }))
     );
-    assert_eq!(value(h.sm.call(id, "read", b"a").unwrap()), 0);
+    assert_eq!(value(h.call_raw(id, "read", b"a").unwrap()), 0);
     for i in 1..=3 {
-        assert_eq!(value(h.sm.call(id, "inc", b"a").unwrap()), i);
+        assert_eq!(value(h.call_raw(id, "inc", b"a").unwrap()), i);
     }
-    assert_eq!(value(h.sm.call(id, "read", b"a").unwrap()), 3);
+    assert_eq!(value(h.call_raw(id, "read", b"a").unwrap()), 3);
     for i in 1..godwit_monitor::COUNTERS_MAX {
-        h.sm.call(id, "create", format!("c{i}").as_bytes()).unwrap();
+        h.call_raw(id, "create", format!("c{i}").as_bytes())
+            .unwrap();
     }
     assert_eq!(
-        h.sm.call(id, "create", b"one-more"),
+        h.call_raw(id, "create", b"one-more"),
         Err(MonitorError::Enclave(EnclaveError::Failed { code: -5 }))
     );
 }

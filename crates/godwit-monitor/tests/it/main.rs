@@ -2,6 +2,7 @@
 
 mod lifecycle;
 mod migration;
+mod recovery;
 mod sealing;
 mod support;
 mod world;

@@ -33,7 +33,7 @@ fn happy_path_moves_state_and_ownership() {
     assert_eq!(w.call("b", id, "get"), "3");
     assert_eq!(w.call("b", id, "incr"), "4");
     assert_eq!(
-        w.sm("a").call(id, "get", b""),
+        w.call_raw("a", id, "get", b""),
         Err(MonitorError::UnknownEnclave(id))
     );
     // Sealed data was re-sealed at the destination and still opens there.
@@ -71,23 +71,23 @@ fn an_enclave_can_move_on_and_come_back() {
 fn sealed_data_and_secrets_travel_and_are_resealed() {
     let mut w = World::new(&["a", "b"]);
     let id = w.deploy("a", VAULT);
-    w.sm("a").call(id, "put", b"hunter2").unwrap();
-    let before = w.sm("a").call(id, "hmac", b"challenge").unwrap();
+    w.call_raw("a", id, "put", b"hunter2").unwrap();
+    let before = w.call_raw("a", id, "hmac", b"challenge").unwrap();
     w.sm("a").migrate(id, h("b")).unwrap();
     w.finish_migration("a").unwrap();
-    assert_eq!(w.sm("b").call(id, "hmac", b"challenge").unwrap(), before);
+    assert_eq!(w.call_raw("b", id, "hmac", b"challenge").unwrap(), before);
     // The secret reaches the destination's storage only as a blob sealed by the
     // destination, and it opens there.
     assert_eq!(w.nodes[&h("b")].blobs.keys().len(), 1);
-    assert_eq!(w.sm("b").call(id, "load", b"").unwrap(), b"ok");
-    assert_eq!(w.sm("b").call(id, "count", b"").unwrap(), b"2");
+    assert_eq!(w.call_raw("b", id, "load", b"").unwrap(), b"ok");
+    assert_eq!(w.call_raw("b", id, "count", b"").unwrap(), b"2");
 }
 
 #[test]
 fn a_big_enclave_moves_page_for_page() {
     let mut w = World::new(&["a", "b"]);
     let id = w.deploy("a", BALLAST);
-    w.sm("a").call(id, "fill", b"3").unwrap();
+    w.call_raw("a", id, "fill", b"3").unwrap();
     let sum = w.call("a", id, "checksum");
     w.sm("a").migrate(id, h("b")).unwrap();
     let report = w.finish_migration("a").unwrap();
@@ -123,7 +123,7 @@ fn refused_at_ready_when_the_destination_is_at_its_limit() {
 fn refused_at_ready_when_too_large_for_the_destination() {
     let mut w = World::with(&["a", "b"], TimeoutConfig::default(), 3 << 20);
     let id = w.deploy("a", BALLAST);
-    w.sm("a").call(id, "fill", b"3").unwrap();
+    w.call_raw("a", id, "fill", b"3").unwrap();
     w.deploy("b", BALLAST); // 64 KiB in use at b: 3 MiB no longer fit its budget
     w.sm("a").migrate(id, h("b")).unwrap();
     let err = w.finish_migration("a").unwrap_err();
@@ -206,7 +206,7 @@ fn timeout_waiting_for_ready_leaves_the_enclave_running() {
 fn timeout_waiting_for_a_data_chunk_aborts_and_the_source_resumes() {
     let mut w = World::new(&["a", "b"]);
     let id = w.deploy("a", BALLAST);
-    w.sm("a").call(id, "fill", b"3").unwrap();
+    w.call_raw("a", id, "fill", b"3").unwrap();
     let sum = w.call("a", id, "checksum");
     // a→b: ClientHello, ClientFinish, PREPARE, TRANSFER, MODULE, MEMORY(1 MiB), then stall.
     w.filter = Box::new(|f| {
@@ -313,7 +313,7 @@ fn timeout_waiting_for_the_decision_commit_wins_when_committed_is_lost() {
 fn reboot_of_the_receiver_mid_transfer_aborts_and_the_source_resumes() {
     let mut w = World::new(&["a", "b"]);
     let id = w.deploy("a", BALLAST);
-    w.sm("a").call(id, "fill", b"3").unwrap();
+    w.call_raw("a", id, "fill", b"3").unwrap();
     let sum = w.call("a", id, "checksum");
     w.filter = Box::new(|f| {
         if f.from.as_str() == "a" && f.index >= 6 {
@@ -340,7 +340,7 @@ fn reboot_of_the_receiver_mid_transfer_aborts_and_the_source_resumes() {
 fn reboot_of_the_sender_mid_transfer_leaves_no_copy_running() {
     let mut w = World::new(&["a", "b"]);
     let id = w.deploy("a", BALLAST);
-    w.sm("a").call(id, "fill", b"3").unwrap();
+    w.call_raw("a", id, "fill", b"3").unwrap();
     w.filter = Box::new(|f| {
         if f.from.as_str() == "a" && f.index >= 6 {
             Verdict::Hold

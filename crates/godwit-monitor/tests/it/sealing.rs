@@ -27,7 +27,7 @@ fn an_altered_blob_is_refused() {
     let last = blob.len() - 1;
     blob[last] ^= 1;
     h.blobs.put(id, "count", &blob).unwrap();
-    assert_eq!(h.sm.call(id, "restore", b""), Err(INTEGRITY));
+    assert_eq!(h.call_raw(id, "restore", b""), Err(INTEGRITY));
     assert_eq!(
         h.sm.last_refusal(id).unwrap(),
         Some(SealError::Authentication)
@@ -45,7 +45,7 @@ fn an_older_blob_is_refused_as_a_rollback() {
     call(&mut h, id, "persist");
     // The host hands back the first version.
     h.blobs.put(id, "count", &old).unwrap();
-    assert_eq!(h.sm.call(id, "restore", b""), Err(INTEGRITY));
+    assert_eq!(h.call_raw(id, "restore", b""), Err(INTEGRITY));
     assert_eq!(
         h.sm.last_refusal(id).unwrap(),
         Some(SealError::Rollback {
@@ -55,7 +55,7 @@ fn an_older_blob_is_refused_as_a_rollback() {
     );
     // A lost blob is refused too, not reported as "never sealed".
     h.blobs.delete(id, "count").unwrap();
-    assert_eq!(h.sm.call(id, "restore", b""), Err(INTEGRITY));
+    assert_eq!(h.call_raw(id, "restore", b""), Err(INTEGRITY));
     assert_eq!(h.sm.last_refusal(id).unwrap(), Some(SealError::Missing));
 }
 
@@ -70,7 +70,7 @@ fn a_blob_from_another_enclave_is_refused() {
     // Same application, same sealing key, another instance: the binding refuses it.
     let from_a = h.blobs.get(a, "count").unwrap().unwrap();
     h.blobs.put(b, "count", &from_a).unwrap();
-    assert_eq!(h.sm.call(b, "restore", b""), Err(INTEGRITY));
+    assert_eq!(h.call_raw(b, "restore", b""), Err(INTEGRITY));
     assert!(matches!(
         h.sm.last_refusal(b).unwrap(),
         Some(SealError::WrongBinding { .. })
@@ -89,10 +89,10 @@ fn a_blob_from_another_platform_is_refused() {
     // instance and was sealed under another device's key.
     let foreign = there.blobs.get(other, "secret").unwrap().unwrap();
     here.blobs.put(id, "secret", &foreign).unwrap();
-    assert_eq!(here.sm.call(id, "load", b""), Err(INTEGRITY));
+    assert_eq!(here.call_raw(id, "load", b""), Err(INTEGRITY));
     assert!(here.sm.last_refusal(id).unwrap().is_some());
 }
 
 fn call_arg(h: &mut Host, id: godwit_wire::EnclaveId, f: &str, arg: &[u8]) -> Vec<u8> {
-    h.sm.call(id, f, arg).unwrap()
+    h.call_raw(id, f, arg).unwrap()
 }

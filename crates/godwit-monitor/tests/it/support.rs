@@ -3,7 +3,10 @@ use std::sync::Arc;
 use godwit_attest::Policy;
 use godwit_enclave::examples::Example;
 use godwit_hw::{Manufacturer, SimHardware};
-use godwit_monitor::{Action, MemoryBlobStore, Monitor, MonitorConfig, sm_measurement};
+use godwit_monitor::{
+    Action, CallOutcome, Event, MemoryBlobStore, Monitor, MonitorConfig, MonitorError,
+    sm_measurement,
+};
 use godwit_proto::{Ledger, StoreReply, TimeoutConfig};
 use godwit_wire::{EnclaveId, HostId};
 
@@ -11,17 +14,46 @@ use godwit_wire::{EnclaveId, HostId};
 pub struct Host {
     pub sm: Monitor,
     pub blobs: Arc<MemoryBlobStore>,
-    ledger: Ledger,
+    pub ledger: Ledger,
+    pub events: Vec<Event>,
 }
 
 impl Host {
-    /// Answers every pending store write.
+    /// Answers every pending store write; keeps the events.
     pub fn settle(&mut self) {
         while let Some(action) = self.sm.poll_action() {
-            if let Action::Store { request, op } = action {
-                let outcome = self.ledger.apply(&op);
-                self.sm
-                    .handle_store_reply(request, StoreReply::Outcome(outcome));
+            match action {
+                Action::Store { request, op } => {
+                    let outcome = self.ledger.apply(&op);
+                    self.sm
+                        .handle_store_reply(request, StoreReply::Outcome(outcome));
+                }
+                Action::Event(e) => self.events.push(e),
+                _ => {}
+            }
+        }
+    }
+
+    /// An ecall's result, waiting (by settling the store) for a withheld one.
+    pub fn call_raw(
+        &mut self,
+        id: EnclaveId,
+        f: &str,
+        arg: &[u8],
+    ) -> Result<Vec<u8>, MonitorError> {
+        match self.sm.call(id, f, arg)? {
+            CallOutcome::Done(out) => Ok(out),
+            CallOutcome::Pending(call) => {
+                self.settle();
+                let found = self.events.iter().find_map(|e| match e {
+                    Event::CallCompleted {
+                        call: c, result, ..
+                    } if *c == call => Some(result.clone()),
+                    _ => None,
+                });
+                Ok(found
+                    .expect("the withheld result is released")
+                    .expect("the store recorded the state"))
             }
         }
     }
@@ -42,11 +74,14 @@ pub fn host(name: &str, secret: u8) -> Host {
         memory_budget_bytes: u64::MAX,
     };
     let sm = Monitor::new(Arc::new(hw), blobs.clone(), config).unwrap();
-    Host {
+    let mut h = Host {
         sm,
         blobs,
         ledger: Ledger::new(),
-    }
+        events: Vec::new(),
+    };
+    h.settle();
+    h
 }
 
 pub fn deploy(h: &mut Host, ex: Example) -> EnclaveId {
@@ -56,5 +91,5 @@ pub fn deploy(h: &mut Host, ex: Example) -> EnclaveId {
 }
 
 pub fn call(h: &mut Host, id: EnclaveId, f: &str) -> String {
-    String::from_utf8(h.sm.call(id, f, b"").unwrap()).unwrap()
+    String::from_utf8(h.call_raw(id, f, b"").unwrap()).unwrap()
 }

@@ -99,16 +99,21 @@ impl World {
             let identity = w
                 .manufacturer
                 .provision_from_secret(h(name), [i as u8 + 1; 32].into());
-            let node = w.boot(identity, 0);
+            let node = w.boot(identity, 0, None);
             w.nodes.insert(h(name), node);
         }
         w
     }
 
-    fn boot(&self, identity: DeviceIdentity, boots: u64) -> Node {
+    fn boot(
+        &self,
+        identity: DeviceIdentity,
+        boots: u64,
+        disk: Option<Arc<MemoryBlobStore>>,
+    ) -> Node {
         let seed = u64::from(identity.certificate().host.as_str().as_bytes()[0]) * 1000 + boots;
         let (hw, clock) = SimHardware::new(identity.clone(), sm_measurement(), seed);
-        let blobs = Arc::new(MemoryBlobStore::default());
+        let blobs = disk.unwrap_or_default();
         let config = MonitorConfig {
             policy: self.policy.clone(),
             timeouts: self.config.clone(),
@@ -136,8 +141,7 @@ impl World {
     /// blobs) stays; its connections drop.
     pub fn reboot(&mut self, host: &str) {
         let old = self.nodes.remove(&h(host)).unwrap();
-        let mut node = self.boot(old.identity, old.boots + 1);
-        node.blobs = old.blobs;
+        let node = self.boot(old.identity, old.boots + 1, Some(old.blobs));
         self.nodes.insert(h(host), node);
         let dead: Vec<_> = self
             .links
@@ -163,7 +167,42 @@ impl World {
     }
 
     pub fn call(&mut self, host: &str, id: EnclaveId, f: &str) -> String {
-        String::from_utf8(self.sm(host).call(id, f, b"").unwrap()).unwrap()
+        String::from_utf8(self.call_raw(host, id, f, b"").unwrap()).unwrap()
+    }
+
+    /// An ecall's result; a withheld one is waited for (the world settles until the store
+    /// recorded the state it depends on).
+    pub fn call_raw(
+        &mut self,
+        host: &str,
+        id: EnclaveId,
+        f: &str,
+        arg: &[u8],
+    ) -> Result<Vec<u8>, godwit_monitor::MonitorError> {
+        match self.sm(host).call(id, f, arg)? {
+            godwit_monitor::CallOutcome::Done(out) => Ok(out),
+            godwit_monitor::CallOutcome::Pending(call) => {
+                let found = self.run_until(Duration::from_secs(60), |w| {
+                    w.events.iter().any(
+                        |(_, e)| matches!(e, Event::CallCompleted { call: c, .. } if *c == call),
+                    )
+                });
+                assert!(found, "withheld result never released");
+                let idx = self
+                    .events
+                    .iter()
+                    .position(
+                        |(_, e)| matches!(e, Event::CallCompleted { call: c, .. } if *c == call),
+                    )
+                    .unwrap();
+                match self.events.remove(idx).1 {
+                    Event::CallCompleted { result, .. } => {
+                        Ok(result.expect("the store recorded the state"))
+                    }
+                    _ => unreachable!(),
+                }
+            }
+        }
     }
 
     /// Delivers frames and store writes until nothing moves, without advancing time.

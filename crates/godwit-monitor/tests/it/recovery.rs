@@ -1,0 +1,208 @@
+//! Restarts, lost enclaves, adoption, and output commit of durable state.
+
+use std::time::Duration;
+
+use godwit_enclave::examples::{BALLAST, COUNTER, VAULT};
+use godwit_monitor::{CallOutcome, EnclaveState, Event};
+use godwit_proto::RecordState;
+use godwit_wire::Manifest;
+
+use crate::world::{Verdict, World, h};
+
+const COUNTERS_WAT: &str = r#"(module
+  (import "godwit" "counter_create" (func $create (param i32 i32) (result i32)))
+  (import "godwit" "counter_increment" (func $inc (param i32 i32) (result i64)))
+  (import "godwit" "counter_read" (func $read (param i32 i32) (result i64)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "c")
+  (func (export "godwit_alloc") (param i32) (result i32) (i32.const 1024))
+  (func $out (param $v i64) (result i64)
+    (if (i64.lt_s (local.get $v) (i64.const 0)) (then (return (local.get $v))))
+    (i64.store (i32.const 16) (local.get $v))
+    (i64.or (i64.shl (i64.const 16) (i64.const 32)) (i64.const 8)))
+  (func (export "create") (param i32 i32) (result i64)
+    (drop (call $create (i32.const 0) (i32.const 1))) (i64.const 0))
+  (func (export "inc") (param i32 i32) (result i64)
+    (call $out (call $inc (i32.const 0) (i32.const 1))))
+  (func (export "read") (param i32 i32) (result i64)
+    (call $out (call $read (i32.const 0) (i32.const 1)))))"#;
+
+fn counters_app() -> (Vec<u8>, Manifest) {
+    let module = godwit_enclave::module_from_source(COUNTERS_WAT.as_bytes()).unwrap();
+    let manifest = Manifest::from_toml(
+        "name = \"ctr\"\nversion = \"1\"\nmax_instances_per_host = 1\nmemory_max_mib = 1\nmigratable = true\n",
+    )
+    .unwrap();
+    (module, manifest)
+}
+
+fn value(bytes: Vec<u8>) -> u64 {
+    u64::from_le_bytes(bytes.try_into().unwrap())
+}
+
+#[test]
+fn a_restart_records_the_enclave_lost_and_adoption_recovers_its_sealed_data() {
+    let mut w = World::new(&["a", "b"]);
+    let id = w.deploy("a", COUNTER);
+    for _ in 0..5 {
+        w.call("a", id, "incr");
+    }
+    w.call("a", id, "persist");
+    w.call("a", id, "incr"); // in memory only: lost with the restart
+    w.reboot("a");
+    w.settle();
+    assert_eq!(w.ledger.get(&id).unwrap().state, RecordState::Lost);
+    assert!(
+        w.sm("a").info(id).is_err(),
+        "nothing restarted from old memory"
+    );
+    // Only the host holding its blobs may adopt it, as the same application.
+    assert!(
+        w.sm("b")
+            .adopt(id, &COUNTER.module(), COUNTER.manifest())
+            .is_ok()
+    );
+    w.settle();
+    assert!(
+        w.sm("b").info(id).is_err(),
+        "b cannot adopt: the blobs are sealed to a"
+    );
+    w.sm("a")
+        .adopt(id, &COUNTER.module(), COUNTER.manifest())
+        .unwrap();
+    w.settle();
+    assert_eq!(w.sm("a").info(id).unwrap().state, EnclaveState::Running);
+    // A fresh instance: memory starts over, sealed data is there at the recorded version.
+    assert_eq!(w.call("a", id, "get"), "0");
+    assert_eq!(w.call("a", id, "restore"), "5");
+    assert_eq!(w.ledger.get(&id).unwrap().state, RecordState::Running);
+    w.check();
+}
+
+#[test]
+fn an_older_blob_is_refused_after_adoption_too() {
+    let mut w = World::new(&["a", "b"]);
+    let id = w.deploy("a", COUNTER);
+    w.call("a", id, "incr");
+    w.call("a", id, "persist");
+    let old = godwit_monitor::BlobStore::get(&*w.nodes[&h("a")].blobs, id, "count")
+        .unwrap()
+        .unwrap();
+    w.call("a", id, "incr");
+    w.call("a", id, "persist");
+    w.reboot("a");
+    w.settle();
+    godwit_monitor::BlobStore::put(&*w.nodes[&h("a")].blobs, id, "count", &old).unwrap();
+    w.sm("a")
+        .adopt(id, &COUNTER.module(), COUNTER.manifest())
+        .unwrap();
+    w.settle();
+    assert!(
+        w.call_raw("a", id, "restore", b"").is_err(),
+        "the ledger knows version 2"
+    );
+}
+
+#[test]
+fn counters_survive_a_restart_and_never_go_back() {
+    let mut w = World::new(&["a", "b"]);
+    let (module, manifest) = counters_app();
+    let id = w.sm("a").create(&module, manifest.clone()).unwrap();
+    w.settle();
+    w.call_raw("a", id, "create", b"").unwrap();
+    for i in 1..=3 {
+        assert_eq!(value(w.call_raw("a", id, "inc", b"").unwrap()), i);
+    }
+    w.reboot("a");
+    w.settle();
+    w.sm("a").adopt(id, &module, manifest).unwrap();
+    w.settle();
+    assert_eq!(value(w.call_raw("a", id, "read", b"").unwrap()), 3);
+    assert_eq!(value(w.call_raw("a", id, "inc", b"").unwrap()), 4);
+}
+
+#[test]
+fn a_result_that_depends_on_unrecorded_state_is_withheld() {
+    let mut w = World::new(&["a"]);
+    let id = w.deploy("a", COUNTER);
+    w.store_up = Box::new(|_, _| false);
+    // persist seals: its result waits for the ledger; so does every later result.
+    let CallOutcome::Pending(persist) = w.sm("a").call(id, "persist", b"").unwrap() else {
+        panic!("persist answered before its state was recorded")
+    };
+    let CallOutcome::Pending(_) = w.sm("a").call(id, "get", b"").unwrap() else {
+        panic!("a later result was released before an earlier unrecorded change")
+    };
+    w.run_until(Duration::from_secs(10), |_| false);
+    assert!(
+        !w.events
+            .iter()
+            .any(|(_, e)| matches!(e, Event::CallCompleted { .. }))
+    );
+    w.store_up = Box::new(|_, _| true);
+    assert!(w.run_until(Duration::from_secs(30), |w| {
+        w.events
+            .iter()
+            .filter(|(_, e)| matches!(e, Event::CallCompleted { .. }))
+            .count()
+            == 2
+    }));
+    let first = w.events.iter().find_map(|(_, e)| match e {
+        Event::CallCompleted { call, result, .. } if *call == persist => Some(result.clone()),
+        _ => None,
+    });
+    assert_eq!(first, Some(Ok(b"0".to_vec())));
+}
+
+#[test]
+fn a_migration_collects_only_what_the_ledger_recorded() {
+    let mut w = World::new(&["a", "b"]);
+    let id = w.deploy("a", VAULT);
+    w.store_up = Box::new(|host, _| host.as_str() != "a");
+    let CallOutcome::Pending(_) = w.sm("a").call(id, "put", b"s3cret").unwrap() else {
+        panic!()
+    };
+    w.sm("a").migrate(id, h("b")).unwrap();
+    w.run_until(Duration::from_secs(1), |_| false);
+    // Paused, but waiting for the ledger before it collects.
+    assert_eq!(w.sm("a").info(id).unwrap().state, EnclaveState::Migrating);
+    assert!(matches!(
+        w.ledger.get(&id).unwrap().state,
+        RecordState::Running
+    ));
+    w.store_up = Box::new(|_, _| true);
+    w.finish_migration("a").unwrap();
+    let r = w.ledger.get(&id).unwrap();
+    assert_eq!(r.owner.as_str(), "b");
+    assert_eq!(r.durable.sealed["secret"].version, 1);
+    assert_eq!(w.sm("b").call(id, "load", b"").map(|_| ()), Ok(()));
+}
+
+#[test]
+fn an_abort_after_the_sender_restarted_leaves_the_enclave_lost() {
+    let mut w = World::new(&["a", "b"]);
+    let id = w.deploy("a", BALLAST);
+    w.sm("a").call(id, "fill", b"3").unwrap();
+    w.filter = Box::new(|f| {
+        if f.from.as_str() == "a" && f.index >= 6 {
+            Verdict::Hold
+        } else {
+            Verdict::Deliver
+        }
+    });
+    w.sm("a").migrate(id, h("b")).unwrap();
+    w.run_until(Duration::from_secs(1), |w| {
+        w.ledger
+            .get(&id)
+            .is_some_and(|r| matches!(r.state, RecordState::Migrating { .. }))
+    });
+    w.reboot("a");
+    assert!(w.run_until(Duration::from_secs(60), |w| w.finished("b").len() == 1));
+    let r = w.ledger.get(&id).unwrap();
+    assert_eq!(
+        (r.owner.as_str(), r.state.clone()),
+        ("a", RecordState::Lost)
+    );
+    assert!(w.copies(id).is_empty());
+    w.check();
+}
