@@ -24,7 +24,7 @@ fn entry(index: u64) -> Entry<TypeConfig> {
             id: EnclaveId([index as u8; 16]),
             app: Measurement([9; 32]),
             app_name: "secret-app-name".into(),
-                        owner: HostId::new("host1").unwrap(),
+            owner: HostId::new("host1").unwrap(),
             boot: [1; 16],
             max_instances_cluster: None,
         }),

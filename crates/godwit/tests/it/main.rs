@@ -3,4 +3,5 @@
 mod bench;
 mod cluster;
 mod demo;
+mod recovery;
 mod support;

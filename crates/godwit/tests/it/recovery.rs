@@ -1,0 +1,189 @@
+//! Crash recovery with real processes: SIGKILL at the moments that break naive designs.
+
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::*;
+
+/// Hosts (1-based) whose local SM runs `id`.
+fn running_on(p: &Processes, id: &str, hosts: &[usize]) -> Vec<usize> {
+    hosts
+        .iter()
+        .copied()
+        .filter(|&k| {
+            p.status(k).is_some_and(|s| {
+                s["local"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|e| e["id"] == id && e["state"] == "running")
+            })
+        })
+        .collect()
+}
+
+fn record(p: &Processes, k: usize, id: &str) -> Option<Value> {
+    p.status(k)?["enclaves"]
+        .as_array()?
+        .iter()
+        .find(|e| e["id"] == id)
+        .cloned()
+}
+
+fn leader(p: &Processes, k: usize) -> usize {
+    let s = p.status(k).unwrap();
+    let id = s["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["leader"] == true)
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    id.trim_start_matches("host").parse().unwrap()
+}
+
+fn migrate_in_background(p: &Processes, from: usize, id: &str, to: usize) -> Child {
+    godwit()
+        .args(["migrate", "--config"])
+        .arg(p.config(from))
+        .args([id, "--to", &format!("host{to}"), "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_child(mut c: Child, limit: Duration) -> bool {
+    let mut ok = None;
+    poll(limit, "migrate to return", || match c.try_wait().unwrap() {
+        Some(s) => {
+            ok = Some(s.success());
+            true
+        }
+        None => false,
+    });
+    ok.unwrap()
+}
+
+fn ballast(p: &Processes, k: usize, mib: u32) -> (String, String) {
+    let id = p.deploy(k, "ballast");
+    p.ok(k, &["call", &id, "fill", "--arg", &mib.to_string()]);
+    let sum = p.ok(k, &["call", &id, "checksum"]);
+    (id, sum)
+}
+
+#[test]
+fn killing_the_leader_mid_migration_resolves_it_with_one_live_copy() {
+    let mut p = Processes::start(3);
+    let l = leader(&p, 1);
+    let others: Vec<usize> = (1..=3).filter(|&k| k != l).collect();
+    let (x, y) = (others[0], others[1]);
+    let (id, sum) = ballast(&p, x, 64);
+    let m = migrate_in_background(&p, x, &id, y);
+    p.kill(l);
+    wait_child(m, Duration::from_secs(90));
+    // The store re-elects between the two survivors; the migration commits or aborts.
+    poll(Duration::from_secs(60), "one live copy", || {
+        let on = running_on(&p, &id, &[x, y]);
+        on.len() == 1
+            && record(&p, on[0], &id)
+                .is_some_and(|r| r["state"] == "running" && r["owner"] == format!("host{}", on[0]))
+    });
+    let on = running_on(&p, &id, &[x, y])[0];
+    assert_eq!(
+        p.ok(on, &["call", &id, "checksum"]),
+        sum,
+        "the state survived"
+    );
+}
+
+#[test]
+fn killing_the_sender_mid_transfer_never_leaves_two_copies() {
+    let mut p = Processes::start(3);
+    let (id, _) = ballast(&p, 1, 512);
+    let m = migrate_in_background(&p, 1, &id, 2);
+    poll(Duration::from_secs(60), "the transfer to start", || {
+        record(&p, 2, &id).is_some_and(|r| r["state"] == "migrating")
+    });
+    p.kill(1);
+    wait_child(m, Duration::from_secs(60));
+    // The receiver either had everything (and committed) or gives up; it never runs a
+    // partial copy.
+    poll(Duration::from_secs(60), "the migration to resolve", || {
+        record(&p, 2, &id).is_some_and(|r| r["state"] != "migrating")
+    });
+    let r = record(&p, 2, &id).unwrap();
+    if r["owner"] == "host2" {
+        assert_eq!(running_on(&p, &id, &[2, 3]), [2]);
+    } else {
+        assert!(running_on(&p, &id, &[2, 3]).is_empty());
+        // When the sender comes back, its SM has a new boot epoch: the enclave it held in
+        // memory is recorded lost, never restarted from an old copy.
+        p.spawn(1);
+        poll(
+            Duration::from_secs(60),
+            "the enclave to be recorded lost",
+            || record(&p, 1, &id).is_some_and(|r| r["state"] == "lost"),
+        );
+        assert!(running_on(&p, &id, &[1, 2, 3]).is_empty());
+    }
+}
+
+#[test]
+fn killing_the_receiver_after_commit_loses_memory_but_not_sealed_data() {
+    let mut p = Processes::start(3);
+    let id = p.deploy(1, "counter");
+    for _ in 0..4 {
+        p.ok(1, &["call", &id, "incr"]);
+    }
+    p.ok(1, &["call", &id, "persist"]);
+    p.ok(1, &["migrate", &id, "--to", "host2"]);
+    p.kill(2);
+    assert!(
+        running_on(&p, &id, &[1, 3]).is_empty(),
+        "no other host runs it"
+    );
+    p.spawn(2);
+    poll(
+        Duration::from_secs(60),
+        "the enclave to be recorded lost",
+        || record(&p, 2, &id).is_some_and(|r| r["state"] == "lost"),
+    );
+    assert!(running_on(&p, &id, &[1, 2, 3]).is_empty());
+    // Its sealed data is intact: a fresh instance on host2 opens it.
+    let module = example("counter.wat");
+    let manifest = example("counter.toml");
+    p.ok(
+        2,
+        &[
+            "deploy",
+            "--module",
+            module.to_str().unwrap(),
+            "--manifest",
+            manifest.to_str().unwrap(),
+            "--adopt",
+            &id,
+        ],
+    );
+    assert_eq!(p.ok(2, &["call", &id, "restore"]), "4");
+    assert_eq!(record(&p, 3, &id).unwrap()["owner"], "host2");
+}
+
+#[test]
+fn migrations_complete_with_one_follower_down() {
+    let mut p = Processes::start(3);
+    let l = leader(&p, 1);
+    let follower = (1..=3).find(|&k| k != l).unwrap();
+    let other = (1..=3).find(|&k| k != l && k != follower).unwrap();
+    p.kill(follower);
+    let id = p.deploy(l, "counter");
+    p.ok(l, &["call", &id, "incr"]);
+    p.ok(l, &["migrate", &id, "--to", &format!("host{other}")]);
+    assert_eq!(p.ok(other, &["call", &id, "get"]), "1");
+    p.ok(other, &["migrate", &id, "--to", &format!("host{l}")]);
+    assert_eq!(p.ok(l, &["call", &id, "incr"]), "2");
+}
