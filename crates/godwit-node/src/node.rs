@@ -82,6 +82,10 @@ pub(crate) struct Inner {
     pub(crate) heard: Mutex<HashMap<HostId, Instant>>,
     pub(crate) token: String,
     shutdown: Notify,
+    /// Set when the store was found corrupted and restarted empty: until a leader has
+    /// replicated to this member, it grants no vote (it may have voted before the wipe, and
+    /// must not vote twice in one term).
+    rejoining: std::sync::atomic::AtomicBool,
 }
 
 /// The host's own clock, for its own business (back-off, liveness, how long to wait for
@@ -354,7 +358,26 @@ impl Inner {
             return StoreResponse::Write(Err(WriteError::Failed("store not started".into())));
         };
         match req {
-            StoreRequest::Append(r) => StoreResponse::Append(raft.append_entries(r).await),
+            StoreRequest::Append(r) => {
+                let resp = raft.append_entries(r).await;
+                if resp.as_ref().is_ok_and(|r| r.is_success())
+                    && self.rejoining.swap(false, Ordering::AcqRel)
+                {
+                    tracing::info!(
+                        "a leader replicated to this member: rejoined, votes allowed again"
+                    );
+                }
+                StoreResponse::Append(resp)
+            }
+            StoreRequest::Vote(r) if self.rejoining.load(Ordering::Acquire) => {
+                let m = raft.metrics().borrow().clone();
+                tracing::info!(candidate = ?r.vote, "rejoining after store corruption: vote refused");
+                StoreResponse::Vote(Ok(openraft::raft::VoteResponse::new(
+                    m.vote,
+                    m.last_applied,
+                    false,
+                )))
+            }
             StoreRequest::Vote(r) => StoreResponse::Vote(raft.vote(r).await),
             StoreRequest::Snapshot(r) => StoreResponse::Snapshot(raft.install_snapshot(r).await),
             StoreRequest::Write(op) => {
@@ -430,6 +453,31 @@ async fn write_frame(
     }
 }
 
+/// Opens the store member's files. Files that fail authentication (corrupted, or not this
+/// SM's) are moved aside and the member starts empty, rejoining from its peers; other
+/// failures (e.g. the file in use by another process) stop the start.
+fn open_store(
+    cfg: &NodeConfig,
+    hw: &Arc<dyn Hardware>,
+) -> Result<(godwit_store::LogStore, godwit_store::StateMachine, bool), NodeError> {
+    let path = cfg.store_path();
+    match godwit_store::open(&path, Sealer::new(Arc::clone(hw))) {
+        Ok((log, sm)) => Ok((log, sm, false)),
+        Err(godwit_store::OpenError::Corrupt(c)) => {
+            let aside = (1u32..)
+                .map(|n| path.with_extension(format!("redb.corrupt-{n}")))
+                .find(|p| !p.exists())
+                .expect("some name is free");
+            tracing::error!(%c, aside = %aside.display(), "store corrupted: kept aside; rejoining from peers with an empty store");
+            std::fs::rename(&path, &aside)
+                .map_err(|e| NodeError::Start(format!("{}: {e}", path.display())))?;
+            let (log, sm) = godwit_store::open(&path, Sealer::new(Arc::clone(hw)))?;
+            Ok((log, sm, true))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// A running host: its SM, its store member, its listener and control API.
 pub struct Node {
     pub(crate) inner: Arc<Inner>,
@@ -464,7 +512,7 @@ impl Node {
             },
         )
         .map_err(|e| NodeError::Start(e.to_string()))?;
-        let (log, sm) = godwit_store::open(&cfg.store_path(), Sealer::new(Arc::clone(&hw)))?;
+        let (log, sm, rejoining) = open_store(&cfg, &hw)?;
         let token = std::fs::read_to_string(&cfg.control.token_file)
             .map_err(|e| NodeError::Start(format!("{}: {e}", cfg.control.token_file.display())))?
             .trim()
@@ -487,6 +535,7 @@ impl Node {
             heard: Mutex::new(HashMap::new()),
             token,
             shutdown: Notify::new(),
+            rejoining: std::sync::atomic::AtomicBool::new(rejoining),
         });
         let raft_config = Arc::new(
             godwit_store::raft_config()
@@ -506,11 +555,13 @@ impl Node {
         crate::serve::serve(Arc::clone(&inner))
             .await
             .map_err(NodeError::Start)?;
-        if !raft
+        let initialized = raft
             .is_initialized()
             .await
-            .map_err(|e| NodeError::Start(e.to_string()))?
-        {
+            .map_err(|e| NodeError::Start(e.to_string()))?;
+        // A member rejoining after corruption learns the membership from the leader; it
+        // must not write one of its own.
+        if !initialized && !inner.rejoining.load(Ordering::Acquire) {
             let members = inner.members();
             // Safe on every member with the same membership (openraft's guarantee).
             if let Err(e) = raft.initialize(members).await {

@@ -187,3 +187,41 @@ fn migrations_complete_with_one_follower_down() {
     p.ok(other, &["migrate", &id, "--to", &format!("host{l}")]);
     assert_eq!(p.ok(l, &["call", &id, "incr"]), "2");
 }
+
+#[test]
+fn a_member_with_a_corrupted_store_rejoins_from_its_peers() {
+    use redb::{ReadableTable, TableDefinition};
+    const LOGS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("logs");
+    let mut p = Processes::start(3);
+    let id = p.deploy(1, "counter");
+    p.ok(1, &["call", &id, "incr"]);
+    // The host alters one sealed log entry of host3 while it is down.
+    p.kill(3);
+    let store = p.dir.path().join("c/host3/store.redb");
+    {
+        let db = redb::Database::create(&store).unwrap();
+        let tx = db.begin_write().unwrap();
+        {
+            let mut t = tx.open_table(LOGS).unwrap();
+            let (k, mut v) = {
+                let (k, v) = t.first().unwrap().unwrap();
+                (k.value(), v.value().to_vec())
+            };
+            let last = v.len() - 1;
+            v[last] ^= 1;
+            t.insert(k, v.as_slice()).unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    p.spawn(3);
+    // It refuses the corrupted store (kept aside), starts empty, and catches up from the
+    // others: it then knows the enclave and can receive it.
+    poll(Duration::from_secs(60), "host3 to rejoin", || {
+        record(&p, 3, &id).is_some()
+    });
+    assert!(p.dir.path().join("c/host3/store.redb.corrupt-1").exists());
+    let log = std::fs::read_to_string(p.dir.path().join("host3.log")).unwrap();
+    assert!(log.contains("store corrupted"), "{log}");
+    p.ok(1, &["migrate", &id, "--to", "host3"]);
+    assert_eq!(p.ok(3, &["call", &id, "get"]), "1");
+}
