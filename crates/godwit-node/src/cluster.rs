@@ -171,3 +171,114 @@ mod tests {
         ));
     }
 }
+
+/// A host provisioned by [`add`].
+#[derive(Debug, Clone)]
+pub struct NewHost {
+    /// Its configuration file.
+    pub config: PathBuf,
+    /// Its host id.
+    pub id: HostId,
+    /// Its store member id.
+    pub node_id: u64,
+    /// Its listen address.
+    pub addr: String,
+}
+
+/// The configurations `init` (and `add`) wrote in `dir`, in host order.
+pub fn configs(dir: &Path) -> Result<Vec<(PathBuf, NodeConfig)>, ClusterError> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io(dir))? {
+        let path = entry.map_err(io(dir))?.path();
+        let is_host = path.extension().is_some_and(|e| e == "toml")
+            && path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .is_some_and(|s| s.starts_with("host"));
+        if is_host {
+            let cfg = NodeConfig::load(&path).map_err(|e| ClusterError::Invalid(e.to_string()))?;
+            out.push((path, cfg));
+        }
+    }
+    out.sort_by_key(|(_, c)| c.node_id);
+    Ok(out)
+}
+
+/// Provisions one more host in a cluster directory laid out by [`init`]: an identity from
+/// the directory's manufacturer, a token, a configuration listing every existing host; and
+/// adds the new host as a peer to every existing configuration (for their next start:
+/// running members learn its address from the store's membership). Membership itself is
+/// changed by asking the running cluster (`godwit cluster add` does both).
+pub fn add(dir: &Path) -> Result<NewHost, ClusterError> {
+    let existing = configs(dir)?;
+    let Some((_, first)) = existing.first() else {
+        return Err(ClusterError::Invalid(format!(
+            "{}: no hostK.toml here; run cluster init first",
+            dir.display()
+        )));
+    };
+    let node_id = existing.iter().map(|(_, c)| c.node_id).max().unwrap_or(0) + 1;
+    let port = existing
+        .iter()
+        .filter_map(|(_, c)| c.listen.rsplit_once(':')?.1.parse::<u16>().ok())
+        .max()
+        .and_then(|p| p.checked_add(1))
+        .ok_or_else(|| ClusterError::Invalid("no port left".into()))?;
+    let id = HostId::new(host_name(node_id as usize))
+        .map_err(|e| ClusterError::Invalid(e.to_string()))?;
+    let addr = format!("127.0.0.1:{port}");
+    let manufacturer = Manufacturer::load(&dir.join("manufacturer"))?;
+    let name = id.as_str();
+    let host_dir = dir.join(name);
+    manufacturer
+        .provision(id.clone())
+        .save(&host_dir.join("identity"))?;
+    let mut token = [0u8; 32];
+    crate::node::host_random(&mut token)
+        .map_err(|e| ClusterError::Invalid(format!("random source: {e}")))?;
+    write_private(
+        &host_dir.join("control.token"),
+        hex::encode(token).as_bytes(),
+    )?;
+    let config = NodeConfig {
+        id: id.clone(),
+        node_id,
+        listen: addr.clone(),
+        data_dir: PathBuf::from(name),
+        memory_budget_mib: first.memory_budget_mib,
+        control: ControlConfig {
+            socket: PathBuf::from(format!("{name}/control.sock")),
+            token_file: PathBuf::from(format!("{name}/control.token")),
+        },
+        policy: first.policy.clone(),
+        timeouts: first.timeouts.clone(),
+        peers: existing
+            .iter()
+            .map(|(_, c)| PeerConfig {
+                id: c.id.clone(),
+                node_id: c.node_id,
+                addr: c.listen.clone(),
+            })
+            .collect(),
+    };
+    let path = dir.join(format!("{name}.toml"));
+    write_private(&path, config.to_toml().as_bytes())?;
+    for (other, _) in &existing {
+        let before = fs::read_to_string(other).map_err(io(other))?;
+        let entry = format!("\n[[peers]]\nid = \"{id}\"\nnode_id = {node_id}\naddr = \"{addr}\"\n");
+        fs::write(other, format!("{before}{entry}")).map_err(io(other))?;
+        if let Err(e) = NodeConfig::load(other) {
+            fs::write(other, before).map_err(io(other))?;
+            return Err(ClusterError::Invalid(format!(
+                "{}: could not add the peer: {e}",
+                other.display()
+            )));
+        }
+    }
+    Ok(NewHost {
+        config: path,
+        id,
+        node_id,
+        addr,
+    })
+}

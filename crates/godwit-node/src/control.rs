@@ -54,6 +54,20 @@ pub enum Command {
         /// The host to empty (must be the host asked).
         host: String,
     },
+    /// Add a host to the store's membership (a learner, then a voter).
+    AddMember {
+        /// Its host id.
+        host: String,
+        /// Its member id.
+        node_id: u64,
+        /// Its listen address.
+        addr: String,
+    },
+    /// Remove a host from the store's membership; what it ran is recorded lost.
+    RemoveMember {
+        /// Its host id.
+        host: String,
+    },
 }
 
 /// A request line.

@@ -12,15 +12,17 @@ use godwit_monitor::{Action, ConnId, Event, Monitor, MonitorConfig, sm_measureme
 use godwit_proto::{LedgerOp, StoreReply};
 use godwit_store::{LedgerView, NodeId, Raft, Sealer};
 use godwit_wire::HostId;
-use openraft::BasicNode;
 use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, broadcast, oneshot};
 
 use crate::config::NodeConfig;
 use crate::disk::DirBlobStore;
-use crate::raftnet::{RaftNet, RpcFail, StoreMsg, StoreRequest, StoreResponse, WriteError};
+use crate::raftnet::{
+    Admin, AdminError, RaftNet, RpcFail, StoreMsg, StoreRequest, StoreResponse, WriteError,
+};
 
 /// Largest frame read from a peer: one record of the largest payload, or a handshake
 /// message.
@@ -162,7 +164,7 @@ impl Inner {
     }
 
     async fn dial(self: Arc<Self>, conn: ConnId, peer: HostId) {
-        let addr = self.cfg.peer(&peer).map(|p| p.addr.clone());
+        let addr = self.address_of(&peer);
         let stream = match addr {
             Some(addr) => {
                 tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(&addr)).await
@@ -282,9 +284,9 @@ impl Inner {
     async fn ping_loop(self: Arc<Self>) {
         let ping = postcard::to_stdvec(&StoreMsg::Ping).unwrap_or_default();
         loop {
-            for p in &self.cfg.peers {
-                if !self.is_backing_off(&p.id) {
-                    self.with(|m| m.send_store(&p.id, &ping));
+            for (_, host, _, _) in self.current_members() {
+                if host != self.cfg.id && !self.is_backing_off(&host) {
+                    self.with(|m| m.send_store(&host, &ping));
                 }
             }
             tokio::select! {
@@ -379,6 +381,7 @@ impl Inner {
                 )))
             }
             StoreRequest::Vote(r) => StoreResponse::Vote(raft.vote(r).await),
+            StoreRequest::Admin(op) => StoreResponse::Admin(self.admin_here(&op).await),
             StoreRequest::Snapshot(r) => StoreResponse::Snapshot(raft.install_snapshot(r).await),
             StoreRequest::Write(op) => {
                 if *op.author() != peer {
@@ -397,6 +400,73 @@ impl Inner {
         }
     }
 
+    /// Carries out a membership change on this member, which must lead.
+    async fn admin_here(&self, op: &Admin) -> Result<(), AdminError> {
+        let raft = self
+            .raft()
+            .ok_or_else(|| AdminError::Failed("store not started".into()))?;
+        let map = |e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>| match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => AdminError::NotLeader,
+            other => AdminError::Failed(other.to_string()),
+        };
+        match op {
+            Admin::Add { node_id, node } => {
+                raft.add_learner(*node_id, node.clone(), false)
+                    .await
+                    .map_err(map)?;
+                let voters = ChangeMembers::AddVoterIds([*node_id].into());
+                raft.change_membership(voters, false).await.map_err(map)?;
+            }
+            Admin::Remove { node_id, host } => {
+                let voters = ChangeMembers::RemoveVoters([*node_id].into());
+                raft.change_membership(voters, false).await.map_err(map)?;
+                raft.client_write(LedgerOp::HostLeft { host: host.clone() })
+                    .await
+                    .map_err(|e| AdminError::Failed(e.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Carries out a membership change on the leader, forwarding it if this member does not
+    /// lead.
+    pub(crate) async fn admin(self: &Arc<Self>, op: Admin) -> Result<(), String> {
+        let mut why = String::from("no leader");
+        for _ in 0..50 {
+            match self.admin_here(&op).await {
+                Ok(()) => return Ok(()),
+                Err(AdminError::Failed(e)) => return Err(e),
+                Err(AdminError::NotLeader) => {}
+            }
+            let leader = self
+                .raft()
+                .and_then(|r| r.metrics().borrow().current_leader);
+            let host = leader.and_then(|l| {
+                self.current_members()
+                    .into_iter()
+                    .find(|(id, ..)| *id == l)
+                    .map(|(_, h, ..)| h)
+            });
+            if let Some(host) = host {
+                match self
+                    .rpc(
+                        &host,
+                        StoreRequest::Admin(op.clone()),
+                        Duration::from_secs(10),
+                    )
+                    .await
+                {
+                    Ok(StoreResponse::Admin(Ok(()))) => return Ok(()),
+                    Ok(StoreResponse::Admin(Err(AdminError::Failed(e)))) => return Err(e),
+                    Ok(_) => why = "the leader moved".into(),
+                    Err(e) => why = e.to_string(),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(why)
+    }
+
     /// Writes to the ledger for the local SM: on this member if it leads, else through the
     /// leader. `Unavailable` when no leader answered in time (the write may or may not have
     /// been applied; the SM's ops are safe to repeat).
@@ -411,9 +481,7 @@ impl Inner {
             match tokio::time::timeout(left, raft.client_write(op.clone())).await {
                 Ok(Ok(r)) => return StoreReply::Outcome(r.data),
                 Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                    if let Some(node) = f.leader_node
-                        && let Ok(host) = HostId::new(node.addr)
-                    {
+                    if let Some((host, _)) = f.leader_node.as_ref().and_then(parse_member) {
                         let left = deadline.saturating_duration_since(host_now());
                         match self.rpc(&host, StoreRequest::Write(op.clone()), left).await {
                             Ok(StoreResponse::Write(Ok(outcome))) => {
@@ -601,14 +669,65 @@ impl Node {
     }
 }
 
+/// A store member as openraft records it: `host@address`, so that every member can reach
+/// members added after its own configuration was written.
+pub(crate) fn member_node(host: &HostId, addr: &str) -> BasicNode {
+    BasicNode::new(format!("{host}@{addr}"))
+}
+
+/// The host and address of a member recorded by [`member_node`].
+pub(crate) fn parse_member(node: &BasicNode) -> Option<(HostId, String)> {
+    let (host, addr) = node.addr.split_once('@')?;
+    Some((HostId::new(host).ok()?, addr.to_owned()))
+}
+
 impl Inner {
-    /// Every member: this host and its peers, as openraft nodes named by host id.
+    /// The initial members: this host and its configured peers.
     pub(crate) fn members(&self) -> BTreeMap<NodeId, BasicNode> {
         let mut m = BTreeMap::new();
-        m.insert(self.cfg.node_id, BasicNode::new(self.cfg.id.as_str()));
+        m.insert(
+            self.cfg.node_id,
+            member_node(&self.cfg.id, &self.cfg.listen),
+        );
         for p in &self.cfg.peers {
-            m.insert(p.node_id, BasicNode::new(p.id.as_str()));
+            m.insert(p.node_id, member_node(&p.id, &p.addr));
         }
         m
+    }
+
+    /// The store's current members (voters and learners) with their host and address;
+    /// the configured ones until the store knows better.
+    pub(crate) fn current_members(&self) -> Vec<(NodeId, HostId, String, bool)> {
+        let from_store: Vec<_> = self
+            .raft()
+            .map(|r| {
+                let m = r.metrics().borrow().membership_config.clone();
+                let voters: std::collections::BTreeSet<NodeId> =
+                    m.membership().voter_ids().collect();
+                m.nodes()
+                    .filter_map(|(id, n)| {
+                        parse_member(n).map(|(h, a)| (*id, h, a, voters.contains(id)))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !from_store.is_empty() {
+            return from_store;
+        }
+        self.members()
+            .iter()
+            .filter_map(|(id, n)| parse_member(n).map(|(h, a)| (*id, h, a, true)))
+            .collect()
+    }
+
+    /// Where `host` listens: its configured address, or the one the store records.
+    pub(crate) fn address_of(&self, host: &HostId) -> Option<String> {
+        if let Some(p) = self.cfg.peer(host) {
+            return Some(p.addr.clone());
+        }
+        self.current_members()
+            .into_iter()
+            .find(|(_, h, _, _)| h == host)
+            .map(|(_, _, a, _)| a)
     }
 }

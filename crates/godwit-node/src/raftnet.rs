@@ -35,6 +35,24 @@ pub(crate) enum StoreRequest {
     Snapshot(InstallSnapshotRequest<TypeConfig>),
     /// A ledger write, forwarded to the leader by the member whose SM asked for it.
     Write(LedgerOp),
+    /// A membership change, forwarded to the leader.
+    Admin(Admin),
+}
+
+/// A membership change.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum Admin {
+    /// Add a member (as a learner, then a voter).
+    Add { node_id: NodeId, node: BasicNode },
+    /// Remove a member; then settle its enclaves in the ledger.
+    Remove { node_id: NodeId, host: HostId },
+}
+
+/// Why a membership change did not happen.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum AdminError {
+    NotLeader,
+    Failed(String),
 }
 
 /// Why a forwarded write did not apply.
@@ -51,6 +69,7 @@ pub(crate) enum StoreResponse {
     Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
     Snapshot(Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>),
     Write(Result<LedgerOutcome, WriteError>),
+    Admin(Result<(), AdminError>),
 }
 
 /// Why an RPC got no answer.
@@ -81,7 +100,9 @@ impl RaftNetworkFactory<TypeConfig> for RaftNet {
         PeerLink {
             inner: self.inner.clone(),
             target,
-            host: node.addr.clone(),
+            host: crate::node::parse_member(node)
+                .map(|(h, _)| h.to_string())
+                .unwrap_or_else(|| node.addr.clone()),
         }
     }
 }

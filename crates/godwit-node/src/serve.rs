@@ -102,6 +102,44 @@ async fn handle(inner: Arc<Inner>, stream: tokio::net::UnixStream) {
         },
         Command::Status => Response::Ok(status(&inner)),
         Command::Drain { host } => drain(&inner, &host, &mut w).await,
+        Command::AddMember {
+            host,
+            node_id,
+            addr,
+        } => match HostId::new(host) {
+            Ok(host) => {
+                let node = crate::node::member_node(&host, &addr);
+                match inner
+                    .admin(crate::raftnet::Admin::Add { node_id, node })
+                    .await
+                {
+                    Ok(()) => {
+                        Response::Ok(json!({ "added": host.to_string(), "node_id": node_id }))
+                    }
+                    Err(e) => err("membership", e),
+                }
+            }
+            Err(e) => err("bad_request", e),
+        },
+        Command::RemoveMember { host } => {
+            let found = inner
+                .current_members()
+                .into_iter()
+                .find(|(_, h, ..)| h.as_str() == host);
+            match found {
+                Some((node_id, host, ..)) => match inner
+                    .admin(crate::raftnet::Admin::Remove {
+                        node_id,
+                        host: host.clone(),
+                    })
+                    .await
+                {
+                    Ok(()) => Response::Ok(json!({ "removed": host.to_string() })),
+                    Err(e) => err("membership", e),
+                },
+                None => err("unknown_host", format!("{host} is not a member")),
+            }
+        }
     };
     send(&mut w, &response).await;
 }
@@ -253,7 +291,7 @@ async fn migrate(inner: &Arc<Inner>, enclave: &str, to: &str, w: &mut OwnedWrite
     let Ok(to) = HostId::new(to) else {
         return err("bad_request", format!("{to:?} is not a host id"));
     };
-    if to != inner.cfg.id && inner.cfg.peer(&to).is_none() {
+    if to != inner.cfg.id && inner.address_of(&to).is_none() {
         return err(
             "unknown_host",
             format!("{to} is not a host of this cluster"),
@@ -307,22 +345,20 @@ pub(crate) fn status(inner: &Arc<Inner>) -> Value {
                 .get(host)
                 .is_some_and(|t| t.elapsed() < Duration::from_secs(2))
     };
-    let mut hosts = vec![json!({
-        "id": inner.cfg.id.to_string(),
-        "addr": inner.cfg.listen,
-        "node_id": inner.cfg.node_id,
-        "up": true,
-        "leader": leader == Some(inner.cfg.node_id),
-    })];
-    for p in &inner.cfg.peers {
-        hosts.push(json!({
-            "id": p.id.to_string(),
-            "addr": p.addr,
-            "node_id": p.node_id,
-            "up": up(&p.id),
-            "leader": leader == Some(p.node_id),
-        }));
-    }
+    let hosts: Vec<Value> = inner
+        .current_members()
+        .into_iter()
+        .map(|(node_id, host, addr, voter)| {
+            json!({
+                "id": host.to_string(),
+                "addr": addr,
+                "node_id": node_id,
+                "voter": voter,
+                "up": up(&host),
+                "leader": leader == Some(node_id),
+            })
+        })
+        .collect();
     let enclaves: Vec<Value> = inner.ledger.read(|d| {
         d.ledger
             .records()
@@ -360,7 +396,12 @@ async fn drain(inner: &Arc<Inner>, host: &str, w: &mut OwnedWriteHalf) -> Respon
         .filter(|i| matches!(i.state, EnclaveState::Running | EnclaveState::Paused))
         .map(|i| i.id)
         .collect();
-    let peers: Vec<HostId> = inner.cfg.peers.iter().map(|p| p.id.clone()).collect();
+    let peers: Vec<HostId> = inner
+        .current_members()
+        .into_iter()
+        .map(|(_, h, ..)| h)
+        .filter(|h| *h != inner.cfg.id)
+        .collect();
     let (mut moved, mut failed) = (Vec::new(), Vec::new());
     for (i, id) in enclaves.iter().enumerate() {
         let mut last = None;

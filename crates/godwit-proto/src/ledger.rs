@@ -216,6 +216,12 @@ pub enum LedgerOp {
         /// Its new boot epoch.
         boot: Boot,
     },
+    /// A host left the cluster: what it ran is recorded lost, and its migrations are
+    /// settled (aborted; lost if it was the sender).
+    HostLeft {
+        /// The host.
+        host: HostId,
+    },
     /// The last owner of a lost instance starts a fresh instance under its id, from its
     /// module (never from old memory), with its recorded sealed versions and counters.
     Adopt {
@@ -241,7 +247,7 @@ impl LedgerOp {
             | Self::Destroy { id, .. }
             | Self::Update { id, .. }
             | Self::Adopt { id, .. } => Some(*id),
-            Self::HostBooted { .. } => None,
+            Self::HostBooted { .. } | Self::HostLeft { .. } => None,
         }
     }
 
@@ -256,7 +262,7 @@ impl LedgerOp {
             | Self::Destroy { by, .. }
             | Self::Update { by, .. }
             | Self::Adopt { by, .. } => by,
-            Self::HostBooted { host, .. } => host,
+            Self::HostBooted { host, .. } | Self::HostLeft { host } => host,
         }
     }
 }
@@ -399,6 +405,7 @@ impl Ledger {
                 durable,
             } => self.update(*id, *epoch, by, durable),
             LedgerOp::HostBooted { host, boot } => self.host_booted(host, *boot),
+            LedgerOp::HostLeft { host } => self.host_left(host),
             LedgerOp::Adopt { id, by, boot, app } => self.adopt(*id, by, *boot, *app),
         };
         self.check_invariants();
@@ -659,6 +666,26 @@ impl Ledger {
                 r.state = RecordState::Lost;
                 r.epoch += 1;
             }
+        }
+        LedgerOutcome::Applied(None)
+    }
+
+    fn host_left(&mut self, host: &HostId) -> LedgerOutcome {
+        for r in self.records.values_mut() {
+            match &r.state {
+                RecordState::Running if r.owner == *host => r.state = RecordState::Lost,
+                RecordState::Migrating { migration, to } if to == host || r.owner == *host => {
+                    let m = *migration;
+                    r.state = if r.owner == *host {
+                        RecordState::Lost
+                    } else {
+                        RecordState::Running
+                    };
+                    r.last_decision = Some((m, Decision::Aborted));
+                }
+                _ => continue,
+            }
+            r.epoch += 1;
         }
         LedgerOutcome::Applied(None)
     }
@@ -972,6 +999,25 @@ mod tests {
             boot: [0xd; 16],
         });
         assert_eq!(state(&l).2, RecordState::Lost);
+    }
+
+    #[test]
+    fn a_host_leaving_settles_its_migrations() {
+        let mut l = registered();
+        begin(&mut l, 0, M1);
+        l.apply(&LedgerOp::HostLeft { host: h("b") });
+        assert_eq!(state(&l), ("a".into(), 1, RecordState::Running));
+        // The sender's ABORT is answered as already applied; the receiver's COMMIT refused.
+        assert!(matches!(
+            abort(&mut l, 0, M1, "a"),
+            LedgerOutcome::Applied(_)
+        ));
+        assert!(matches!(
+            commit(&mut l, 0, M1),
+            LedgerOutcome::Refused { .. }
+        ));
+        l.apply(&LedgerOp::HostLeft { host: h("a") });
+        assert_eq!(state(&l), ("a".into(), 2, RecordState::Lost));
     }
 
     #[test]

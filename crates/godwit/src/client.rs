@@ -232,3 +232,45 @@ pub fn cluster_init(dir: &Path, hosts: usize, base_port: u16) -> Result<ExitCode
     }
     Ok(ExitCode::SUCCESS)
 }
+
+pub fn cluster_add(dir: &Path, via: Option<String>) -> Result<ExitCode> {
+    let existing = godwit_node::cluster::configs(dir)?;
+    let ask = match &via {
+        Some(host) => existing
+            .iter()
+            .find(|(_, c)| c.id.as_str() == host)
+            .map(|(p, _)| p.clone())
+            .with_context(|| format!("no {host}.toml in {}", dir.display()))?,
+        None => existing
+            .first()
+            .map(|(p, _)| p.clone())
+            .context("no hosts in the directory")?,
+    };
+    let new = godwit_node::cluster::add(dir)?;
+    send(
+        &ask,
+        Command::AddMember {
+            host: new.id.to_string(),
+            node_id: new.node_id,
+            addr: new.addr.clone(),
+        },
+        |_, _| {},
+    )?;
+    eprintln!(
+        "{} added to the store; start it with: godwit node --config {}",
+        new.id,
+        new.config.display()
+    );
+    println!("{}", new.config.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn cluster_remove(config: &Path, host: String) -> Result<ExitCode> {
+    send(
+        config,
+        Command::RemoveMember { host: host.clone() },
+        |_, _| {},
+    )?;
+    println!("{host} removed");
+    Ok(ExitCode::SUCCESS)
+}

@@ -114,6 +114,24 @@ enum ClusterCommand {
         #[arg(long, default_value_t = 7100)]
         base_port: u16,
     },
+    /// Provision one more host in a cluster directory and add it to the running store
+    /// (as a learner, then a voter); then start it with `godwit node`.
+    Add {
+        /// The cluster directory (from `cluster init`).
+        #[arg(long)]
+        dir: PathBuf,
+        /// The running host to ask (default: the first in the directory).
+        #[arg(long)]
+        via: Option<String>,
+    },
+    /// Remove a host from the store's membership (drain it first: what it still runs is
+    /// recorded lost).
+    Remove {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The host to remove.
+        host: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -139,6 +157,10 @@ fn main() -> ExitCode {
             hosts,
             base_port,
         }) => client::cluster_init(&dir, hosts, base_port),
+        Command::Cluster(ClusterCommand::Add { dir, via }) => client::cluster_add(&dir, via),
+        Command::Cluster(ClusterCommand::Remove { config, host }) => {
+            client::cluster_remove(&config.config, host)
+        }
         Command::Node { config } => client::node(&config.config),
         Command::Deploy {
             config,

@@ -91,3 +91,66 @@ fn bad_input_gets_one_line_errors() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("lsten"));
 }
+
+#[test]
+fn hosts_join_and_leave_the_store_through_membership_changes() {
+    let mut p = Processes::start(3);
+    let id = p.deploy(1, "counter");
+    p.ok(1, &["call", &id, "incr"]);
+    let dir = p.dir.path().join("c");
+    let out = godwit()
+        .args(["cluster", "add", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .ends_with("host4.toml")
+    );
+    p.spawn(4);
+    poll(std::time::Duration::from_secs(60), "host4 to join", || {
+        p.status(4).is_some_and(|s| {
+            let hosts = s["hosts"].as_array().unwrap();
+            hosts.len() == 4
+                && hosts.iter().all(|h| h["voter"] == true)
+                && s["enclaves"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|e| e["id"] == id.as_str())
+        })
+    });
+    p.ok(1, &["migrate", &id, "--to", "host4"]);
+    assert_eq!(p.ok(4, &["call", &id, "incr"]), "2");
+    // host3 leaves; the store goes on with three voters.
+    let out = godwit()
+        .args(["cluster", "remove", "--config"])
+        .arg(p.config(1))
+        .arg("host3")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    p.kill(3);
+    poll(
+        std::time::Duration::from_secs(60),
+        "host3 to be gone",
+        || {
+            p.status(1).is_some_and(|s| {
+                let hosts = s["hosts"].as_array().unwrap();
+                hosts.len() == 3 && hosts.iter().all(|h| h["id"] != "host3")
+            })
+        },
+    );
+    p.ok(4, &["migrate", &id, "--to", "host2"]);
+    assert_eq!(p.ok(2, &["call", &id, "get"]), "2");
+}

@@ -58,6 +58,9 @@ impl Processes {
 
     /// Starts (or restarts) host `k`; its log goes to `hostK.log` in the cluster directory.
     pub fn spawn(&mut self, k: usize) {
+        if self.children.len() < k {
+            self.children.resize_with(k, || None);
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
