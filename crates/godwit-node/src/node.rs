@@ -658,6 +658,27 @@ impl Node {
         let _ = std::fs::remove_file(&self.inner.cfg.control.socket);
     }
 
+    /// Writes `op` to the ledger as this host's SM would (through the leader), for
+    /// benchmarks and tools; the SM's own writes go through its actions.
+    pub async fn write(&self, op: LedgerOp) -> StoreReply {
+        self.inner.propose(op).await
+    }
+
+    /// A harmless write this host is entitled to make: re-announcing its boot epoch.
+    pub fn harmless_write(&self) -> LedgerOp {
+        LedgerOp::HostBooted {
+            host: self.inner.cfg.id.clone(),
+            boot: self.inner.hw.boot_epoch().to_bytes(),
+        }
+    }
+
+    /// Whether this member currently leads the store.
+    pub fn is_leader(&self) -> bool {
+        self.inner
+            .raft()
+            .is_some_and(|r| r.metrics().borrow().current_leader == Some(self.inner.cfg.node_id))
+    }
+
     /// Waits until the store has a leader (bounded).
     pub async fn wait_for_leader(&self, timeout: Duration) -> Option<NodeId> {
         let raft = self.inner.raft()?;

@@ -376,7 +376,14 @@ pub(crate) fn status(inner: &Arc<Inner>) -> Value {
     let local: Vec<Value> = inner.with(|m| m.list()).into_iter().map(|i| {
         json!({ "id": i.id.to_string(), "app": i.app, "state": i.state.to_string(), "epoch": i.epoch, "memory_bytes": i.memory_bytes })
     }).collect();
-    json!({ "self": inner.cfg.id.to_string(), "hosts": hosts, "enclaves": enclaves, "local": local })
+    let counts: Vec<Value> = inner.ledger.read(|d| {
+        d.ledger
+            .instance_counts()
+            .into_iter()
+            .map(|((app, host), n)| json!({ "app": app, "host": host.to_string(), "instances": n }))
+            .collect()
+    });
+    json!({ "self": inner.cfg.id.to_string(), "hosts": hosts, "enclaves": enclaves, "local": local, "instances": counts })
 }
 
 /// Migrates every enclave of this host away, trying peers in turn for each.

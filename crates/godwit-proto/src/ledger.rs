@@ -129,6 +129,8 @@ pub struct EnclaveRecord {
     pub last_digest: Option<[u8; 32]>,
     /// Newest sealed versions and counters.
     pub durable: DurableState,
+    /// The manifest's cluster-wide cap on live instances of the application, if any.
+    pub max_instances_cluster: Option<u32>,
 }
 
 /// A write to the ledger.
@@ -358,6 +360,29 @@ impl Ledger {
         self.boots.get(host)
     }
 
+    /// Instances of `app` that are not lost, cluster-wide.
+    pub fn live_instances(&self, app: &Measurement) -> usize {
+        self.records
+            .values()
+            .filter(|r| r.app == *app && r.state != RecordState::Lost)
+            .count()
+    }
+
+    /// Running (or migrating) instances per application per host, as the ledger sees them.
+    pub fn instance_counts(&self) -> BTreeMap<(String, HostId), u32> {
+        let mut counts = BTreeMap::new();
+        for r in self
+            .records
+            .values()
+            .filter(|r| r.state != RecordState::Lost)
+        {
+            *counts
+                .entry((r.app_name.clone(), r.owner.clone()))
+                .or_insert(0) += 1;
+        }
+        counts
+    }
+
     /// Whether the SM that owns `r` has restarted since it took ownership.
     fn owner_restarted(&self, r: &EnclaveRecord) -> bool {
         self.boots.get(&r.owner).is_some_and(|b| *b != r.owner_boot)
@@ -440,15 +465,10 @@ impl Ledger {
             }
             return self.refuse(id, LedgerRefusal::AlreadyRegistered);
         }
-        if let Some(limit) = cap {
-            let live = self
-                .records
-                .values()
-                .filter(|r| r.app == app && r.state != RecordState::Lost)
-                .count();
-            if live >= limit as usize {
-                return self.refuse(id, LedgerRefusal::ClusterLimit { limit });
-            }
+        if let Some(limit) = cap
+            && self.live_instances(&app) >= limit as usize
+        {
+            return self.refuse(id, LedgerRefusal::ClusterLimit { limit });
         }
         let record = EnclaveRecord {
             id,
@@ -461,6 +481,7 @@ impl Ledger {
             last_decision: None,
             last_digest: None,
             durable: DurableState::default(),
+            max_instances_cluster: cap,
         };
         self.records.insert(id, record.clone());
         LedgerOutcome::Applied(Some(record))
@@ -710,6 +731,11 @@ impl Ledger {
         }
         if r.app != app {
             return self.refuse(id, LedgerRefusal::WrongApp);
+        }
+        if let Some(limit) = r.max_instances_cluster
+            && self.live_instances(&app) >= limit as usize
+        {
+            return self.refuse(id, LedgerRefusal::ClusterLimit { limit });
         }
         let r = self.records.get_mut(&id).expect("present");
         r.state = RecordState::Running;

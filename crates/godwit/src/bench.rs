@@ -20,6 +20,18 @@ pub struct BenchArgs {
 
 #[derive(clap::Subcommand)]
 enum BenchCommand {
+    /// Store commit latency (a ledger write, applied by a majority) with 3 and 5 members.
+    Store {
+        /// Cluster sizes to measure.
+        #[arg(long, value_delimiter = ',', default_value = "3,5")]
+        members: Vec<usize>,
+        /// Writes per cluster and origin.
+        #[arg(long, default_value_t = 300)]
+        samples: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Protected-record throughput (seal + open) beside the raw primitives it is built from.
     Channel {
         /// Print JSON: {"results": [{"record_bytes", "channel_mib_s", "primitive_mib_s", "ratio", ...}]}.
@@ -44,6 +56,11 @@ fn now() -> Instant {
 pub fn run(args: BenchArgs) -> Result<std::process::ExitCode> {
     match args.which {
         BenchCommand::Channel { json, seconds } => channel(json, seconds),
+        BenchCommand::Store {
+            members,
+            samples,
+            json,
+        } => crate::bench_store::run(&members, samples, json),
     }
 }
 

@@ -5,6 +5,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod bench;
+mod bench_store;
 mod client;
 mod demo;
 
@@ -141,6 +142,7 @@ fn main() -> ExitCode {
     let default_filter = match cli.command {
         Command::Demo(_) => "error,openraft=off",
         Command::Node { .. } => "info,openraft=warn",
+        Command::Bench(_) => "warn,openraft=off",
         _ => "warn",
     };
     tracing_subscriber::fmt()
