@@ -122,7 +122,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<()> {
         self.st
-            .put_meta(COMMITTED, &encode(&committed))
+            .put_meta_with(COMMITTED, &encode(&committed), redb::Durability::None)
             .map_err(write_err)
     }
 

@@ -95,8 +95,21 @@ impl Storage {
 
     /// Seals and writes a meta item durably.
     pub(crate) fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), String> {
+        self.put_meta_with(key, value, redb::Durability::Immediate)
+    }
+
+    /// As [`Storage::put_meta`], with a chosen durability: an item Raft can re-learn (the
+    /// committed log id) need not cost an fsync; it becomes durable with the next durable
+    /// commit.
+    pub(crate) fn put_meta_with(
+        &self,
+        key: &str,
+        value: &[u8],
+        durability: redb::Durability,
+    ) -> Result<(), String> {
         let sealed = self.sealer.seal(key.as_bytes(), value);
-        let tx = self.db.begin_write().map_err(|e| e.to_string())?;
+        let mut tx = self.db.begin_write().map_err(|e| e.to_string())?;
+        tx.set_durability(durability).map_err(|e| e.to_string())?;
         {
             let mut table = tx.open_table(META).map_err(|e| e.to_string())?;
             table
