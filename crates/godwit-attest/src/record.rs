@@ -84,29 +84,57 @@ impl RecordBuf {
         Self::default()
     }
 
+    /// A buffer reusing `buf`'s allocation (e.g. from a pool): a record of the size it last
+    /// held costs no allocation or zeroing.
+    pub fn from_vec(buf: Vec<u8>) -> Self {
+        Self {
+            buf,
+            payload_len: 0,
+        }
+    }
+
+    /// The record's bytes, giving up the buffer.
+    pub fn into_vec(mut self) -> Vec<u8> {
+        self.buf.truncate(self.payload_len + RECORD_OVERHEAD_BYTES);
+        self.buf
+    }
+
     /// Sizes the buffer for a `len`-byte payload and returns the payload area to fill.
     /// Reusing the buffer for records of the same size costs no allocation or zeroing.
     pub fn payload_mut(&mut self, len: usize) -> &mut [u8] {
-        self.buf.resize(len + RECORD_OVERHEAD_BYTES, 0);
+        // Only ever grow: a reused buffer keeps its length, so it is not zeroed again.
+        if self.buf.len() < len + RECORD_OVERHEAD_BYTES {
+            self.buf.resize(len + RECORD_OVERHEAD_BYTES, 0);
+        }
         self.payload_len = len;
         &mut self.buf[HEADER_BYTES..HEADER_BYTES + len]
+    }
+
+    fn record_len(&self) -> usize {
+        self.payload_len + RECORD_OVERHEAD_BYTES
     }
 
     /// Shortens the payload to `len` bytes (after encoding into a larger area).
     pub fn truncate_payload(&mut self, len: usize) {
         assert!(len <= self.payload_len, "truncate_payload can only shorten");
         self.payload_len = len;
-        self.buf.truncate(len + RECORD_OVERHEAD_BYTES);
     }
 
     /// The sealed record, ready to send.
     pub fn as_bytes(&self) -> &[u8] {
-        &self.buf
+        &self.buf[..self.record_len()]
     }
 
     /// The record's bytes, for opening in place (e.g. after reading into this buffer).
     pub fn as_bytes_mut(&mut self) -> &mut [u8] {
-        &mut self.buf
+        let len = self.record_len();
+        &mut self.buf[..len]
+    }
+
+    /// The whole allocation, longer than the record, for a pool: reusing it for a record of
+    /// at most its length costs no zeroing.
+    pub fn into_buffer(self) -> Vec<u8> {
+        self.buf
     }
 }
 
@@ -228,7 +256,7 @@ impl Sender {
             return self.poison.fail(AttestError::SessionExhausted);
         }
         let h = header(ty, self.dir.seq, len);
-        let (head, rest) = rec.buf.split_at_mut(HEADER_BYTES);
+        let (head, rest) = rec.buf[..len + RECORD_OVERHEAD_BYTES].split_at_mut(HEADER_BYTES);
         head.copy_from_slice(&h);
         let (payload, trailer) = rest.split_at_mut(len);
         // Invariant: ring fails only for inputs beyond GCM's 64 GiB limit; payloads are
@@ -253,7 +281,7 @@ impl Sender {
         let mut rec = RecordBuf::new();
         rec.payload_mut(payload.len()).copy_from_slice(payload);
         self.seal(RecordType::Data, &mut rec)?;
-        Ok(rec.buf)
+        Ok(rec.into_vec())
     }
 
     /// Seals the `Close` record; the sender refuses everything after it.
@@ -261,7 +289,7 @@ impl Sender {
         let mut rec = RecordBuf::new();
         rec.payload_mut(0);
         self.seal(RecordType::Close, &mut rec)?;
-        Ok(rec.buf)
+        Ok(rec.into_vec())
     }
 
     /// Records sealed so far.

@@ -24,13 +24,18 @@ use crate::{Action, Event, Monitor};
 pub(crate) enum ChannelMessage<'a> {
     #[serde(borrow)]
     Migration(Message<'a>),
-    Store(&'a [u8]),
+    Store(#[serde(with = "serde_bytes")] &'a [u8]),
 }
 
 /// The encoding of `ChannelMessage::Migration(m)` is this byte followed by `m`'s encoding
 /// (postcard writes an enum's variant index as a varint), so bulk data can be encoded into
 /// a record without an intermediate copy.
 pub(crate) const MIGRATION_PREFIX: u8 = 0;
+
+/// Frames below this are copied out of the pooled buffer rather than handed over.
+const SMALL_FRAME_BYTES: usize = 64 * 1024;
+/// Buffers a connection keeps for reuse.
+const POOL_BUFFERS_MAX: usize = 8;
 
 /// Largest store payload one record carries.
 pub const STORE_MESSAGE_BYTES_MAX: usize = MESSAGE_BYTES_MAX - 16;
@@ -64,7 +69,8 @@ pub(crate) struct Conn {
     handshake_deadline: Deadline,
     /// How long the handshake took, once open.
     attest: Option<Duration>,
-    scratch: RecordBuf,
+    /// Record buffers to reuse (bulk frames come back through [`Monitor::recycle`]).
+    pool: Vec<Vec<u8>>,
     /// Store traffic waiting for the channel to open.
     pending_store: Vec<Vec<u8>>,
 }
@@ -138,7 +144,7 @@ impl Monitor {
                 started: now,
                 handshake_deadline: Deadline::after(now, self.config.timeouts.handshake_terms()),
                 attest: None,
-                scratch: RecordBuf::new(),
+                pool: Vec::new(),
                 pending_store: Vec::new(),
             },
         );
@@ -219,24 +225,48 @@ impl Monitor {
         frame
     }
 
-    /// Seals one data record carrying whatever `fill` encodes into the payload area.
+    /// Seals one data record carrying whatever `fill` encodes into the payload area, in a
+    /// buffer from the connection's pool. A small frame is copied out and the buffer kept;
+    /// a bulk frame takes the buffer with it (no copy), to come back via
+    /// [`Monitor::recycle`].
     pub(crate) fn seal_into_frame(
         c: &mut Conn,
         fill: impl FnOnce(&[u8], &mut [u8]) -> Option<usize>,
     ) -> Option<Vec<u8>> {
-        let Conn { state, scratch, .. } = c;
+        let Conn { state, pool, .. } = c;
         let State::Open(channel) = state else {
             return None;
         };
         let chain: Vec<u8> = channel.sender().chain().to_vec();
-        let n = fill(&chain, scratch.payload_mut(MESSAGE_BYTES_MAX))?;
-        scratch.truncate_payload(n);
-        match channel.sender().seal(RecordType::Data, scratch) {
-            Ok(()) => Some(scratch.as_bytes().to_vec()),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot seal a record");
-                None
-            }
+        let mut rec = RecordBuf::from_vec(pool.pop().unwrap_or_default());
+        let Some(n) = fill(&chain, rec.payload_mut(MESSAGE_BYTES_MAX)) else {
+            pool.push(rec.into_buffer());
+            return None;
+        };
+        rec.truncate_payload(n);
+        if let Err(e) = channel.sender().seal(RecordType::Data, &mut rec) {
+            tracing::warn!(error = %e, "cannot seal a record");
+            return None;
+        }
+        if n < SMALL_FRAME_BYTES {
+            let frame = rec.as_bytes().to_vec();
+            pool.push(rec.into_buffer());
+            Some(frame)
+        } else {
+            Some(rec.into_vec())
+        }
+    }
+
+    /// Gives back a frame buffer from [`Monitor::poll_transmit`] once it was written, so
+    /// the next record needs no allocation.
+    pub fn recycle(&mut self, conn: ConnId, mut buf: Vec<u8>) {
+        if let Some(c) = self.net.conns.get_mut(&conn)
+            && c.pool.len() < POOL_BUFFERS_MAX
+            && buf.capacity() >= MESSAGE_BYTES_MAX
+        {
+            // Keep the length: the next record of up to this size reuses it unzeroed.
+            buf.resize(buf.capacity(), 0);
+            c.pool.push(buf);
         }
     }
 

@@ -16,7 +16,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, broadcast, oneshot};
+use tokio::sync::{Notify, broadcast, mpsc, oneshot};
 
 use crate::config::NodeConfig;
 use crate::disk::DirBlobStore;
@@ -33,6 +33,8 @@ const PROPOSE_TIMEOUT: Duration = Duration::from_millis(2500);
 /// A peer whose dial failed is not dialled again for this long (the Raft RPC to it fails
 /// at once as unreachable, so openraft backs off).
 const REDIAL_BACKOFF: Duration = Duration::from_millis(500);
+/// Frames in flight between the stages of a connection's pipeline, per direction.
+const PIPELINE_DEPTH: usize = 4;
 /// How often members ping each other (for `status`'s `up`).
 const PING_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -192,6 +194,11 @@ impl Inner {
     }
 
     /// Reads frames into the SM and writes the frames it produces, until either side ends.
+    ///
+    /// Four tasks per connection, joined by bounded channels so that each side pipelines
+    /// across cores: a producer seals the next frame (under the SM's lock) while the writer
+    /// writes the previous one; the reader reads the next frame while the handler opens the
+    /// previous one. Buffers circulate back, so bulk transfer allocates nothing per record.
     async fn run_conn(self: Arc<Self>, conn: ConnId, stream: TcpStream, dialled: bool) {
         let _ = stream.set_nodelay(true);
         let (mut rd, mut wr) = stream.into_split();
@@ -207,15 +214,45 @@ impl Inner {
         if dialled {
             self.with(|m| m.connected(conn));
         }
+        let (frames_tx, mut frames_rx) = mpsc::channel::<Vec<u8>>(PIPELINE_DEPTH);
+        let (written_tx, mut written_rx) = mpsc::unbounded_channel::<Vec<u8>>();
         let me = Arc::clone(&self);
-        let writer = tokio::spawn(async move {
+        let producer = tokio::spawn(async move {
             loop {
-                while let Some(frame) = me.with(|m| m.poll_transmit(conn)) {
-                    if write_frame(&mut wr, &frame).await.is_err() {
+                loop {
+                    let mut done = Vec::new();
+                    while let Ok(b) = written_rx.try_recv() {
+                        done.push(b);
+                    }
+                    let frame = me.with(|m| {
+                        for b in done {
+                            m.recycle(conn, b);
+                        }
+                        m.poll_transmit(conn)
+                    });
+                    let Some(frame) = frame else { break };
+                    if frames_tx.send(frame).await.is_err() {
                         return;
                     }
                 }
                 wake.notified().await;
+            }
+        });
+        let writer = tokio::spawn(async move {
+            while let Some(frame) = frames_rx.recv().await {
+                if write_frame(&mut wr, &frame).await.is_err() {
+                    return;
+                }
+                let _ = written_tx.send(frame);
+            }
+        });
+        let (read_tx, mut read_rx) = mpsc::channel::<Vec<u8>>(PIPELINE_DEPTH);
+        let (free_tx, mut free_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        let me = Arc::clone(&self);
+        let handler = tokio::spawn(async move {
+            while let Some(mut frame) = read_rx.recv().await {
+                me.with(|m| m.handle_frame(conn, &mut frame));
+                let _ = free_tx.send(frame);
             }
         });
         let reader = async {
@@ -226,18 +263,33 @@ impl Inner {
                 if len > FRAME_BYTES_MAX {
                     return Err(std::io::Error::other(format!("frame of {len} bytes")));
                 }
-                let mut frame = vec![0u8; len];
+                // A recycled buffer of the same length is not zeroed again.
+                let mut frame = free_rx.try_recv().unwrap_or_default();
+                frame.resize(len, 0);
                 rd.read_exact(&mut frame).await?;
-                self.with(|m| m.handle_frame(conn, &mut frame));
+                if read_tx.send(frame).await.is_err() {
+                    return Ok(());
+                }
             }
-            #[allow(unreachable_code)]
-            Ok::<(), std::io::Error>(())
         };
-        tokio::select! {
-            r = reader => { if let Err(e) = r { tracing::debug!(%conn, error = %e, "connection ended"); } }
-            _ = close.notified() => {}
-        }
+        let closed_by_sm = tokio::select! {
+            r = reader => {
+                if let Err(e) = r {
+                    tracing::debug!(%conn, error = %e, "connection ended");
+                }
+                false
+            }
+            _ = close.notified() => true,
+        };
+        producer.abort();
         writer.abort();
+        if closed_by_sm {
+            handler.abort();
+        } else {
+            // Frames already read are handled before the SM learns the connection ended.
+            drop(read_tx);
+            let _ = handler.await;
+        }
         lock(&self.conns).remove(&conn);
         self.with(|m| m.disconnected(conn));
     }
