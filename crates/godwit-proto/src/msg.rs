@@ -96,7 +96,7 @@ pub enum Message<'a> {
         /// Where these bytes go.
         offset: u64,
         /// The bytes.
-        #[serde(borrow)]
+        #[serde(borrow, with = "serde_bytes")]
         bytes: &'a [u8],
     },
     /// Memory pages at `offset` (page-aligned); pages never sent are zero.
@@ -106,7 +106,7 @@ pub enum Message<'a> {
         /// Where these bytes go.
         offset: u64,
         /// Whole pages.
-        #[serde(borrow)]
+        #[serde(borrow, with = "serde_bytes")]
         bytes: &'a [u8],
     },
     /// One sealed slot's plaintext (unsealed at the source, re-sealed at the destination).
@@ -118,7 +118,7 @@ pub enum Message<'a> {
         /// Its version at the source.
         version: u64,
         /// Its content.
-        #[serde(borrow)]
+        #[serde(borrow, with = "serde_bytes")]
         data: &'a [u8],
     },
     /// The last data message.
@@ -355,5 +355,26 @@ impl fmt::Display for AbortReason {
             Self::Attestation(why) => write!(f, "attestation: {why}"),
             Self::Cancelled => f.write_str("cancelled"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bulk bytes are written as one length-prefixed run (not element by element), and the
+    /// encoding is the same postcard gives a plain sequence of bytes.
+    #[test]
+    fn bulk_bytes_encode_as_one_run_and_round_trip() {
+        let data = vec![7u8; 5000];
+        let msg = Message::Memory {
+            migration: MigrationId([1; 16]),
+            offset: 4096,
+            bytes: &data,
+        };
+        let enc = godwit_wire::encode(&msg);
+        let as_seq = godwit_wire::encode(&(5u8, MigrationId([1; 16]), 4096u64, data.clone()));
+        assert_eq!(enc, as_seq, "same wire format as a sequence of u8");
+        assert_eq!(Message::decode(&enc).unwrap(), msg);
     }
 }
