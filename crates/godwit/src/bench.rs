@@ -13,9 +13,12 @@ use ring::hmac;
 
 /// Options of `godwit bench`.
 #[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
     #[command(subcommand)]
-    which: BenchCommand,
+    which: Option<BenchCommand>,
+    #[command(flatten)]
+    suite: crate::bench_suite::SuiteArgs,
 }
 
 #[derive(clap::Subcommand)]
@@ -55,12 +58,13 @@ fn now() -> Instant {
 
 pub fn run(args: BenchArgs) -> Result<std::process::ExitCode> {
     match args.which {
-        BenchCommand::Channel { json, seconds } => channel(json, seconds),
-        BenchCommand::Store {
+        None => crate::bench_suite::run(args.suite),
+        Some(BenchCommand::Channel { json, seconds }) => channel(json, seconds),
+        Some(BenchCommand::Store {
             members,
             samples,
             json,
-        } => crate::bench_store::run(&members, samples, json),
+        }) => crate::bench_store::run(&members, samples, json),
     }
 }
 
@@ -144,7 +148,7 @@ fn counter_nonce(seq: u64) -> Nonce {
 
 /// Alternates rounds of the four variants so that all see the same machine conditions;
 /// reports each one's median round, in MiB/s of payload.
-fn measure_channel_size(size: usize, budget: Duration) -> Result<[f64; 4]> {
+pub(crate) fn measure_channel_size(size: usize, budget: Duration) -> Result<[f64; 4]> {
     const ROUNDS: u32 = 7;
     let round = budget / (4 * ROUNDS);
     let (mut tx, mut rx) = channel_pair()?;
@@ -216,7 +220,7 @@ pub fn median(v: &mut [f64]) -> f64 {
 }
 
 /// A channel between two emulated hosts of a throwaway manufacturer, in memory.
-fn channel_pair() -> Result<(godwit_attest::Sender, godwit_attest::Receiver)> {
+pub(crate) fn channel_pair() -> Result<(godwit_attest::Sender, godwit_attest::Receiver)> {
     let m = Manufacturer::generate();
     let sm = godwit_monitor::sm_measurement();
     let boot = |name: &str| -> Result<Arc<dyn Hardware>> {

@@ -47,7 +47,7 @@ pub async fn start_cluster(n: usize) -> Result<(Vec<Node>, std::path::PathBuf)> 
     Ok((nodes, dir))
 }
 
-async fn samples(node: &Node, count: usize) -> Result<Vec<Duration>> {
+pub async fn samples(node: &Node, count: usize) -> Result<Vec<Duration>> {
     let op = node.harmless_write();
     let mut out = Vec::with_capacity(count);
     for _ in 0..count {

@@ -5,7 +5,9 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod bench;
+mod bench_qemu;
 mod bench_store;
+mod bench_suite;
 mod client;
 mod demo;
 
