@@ -211,7 +211,7 @@ impl Monitor {
         if self.enclaves.contains_key(&id) || self.migrations.holds_enclave(&id) {
             return Err(MonitorError::AlreadyMigrating(id));
         }
-        let loaded = self.runtime.load(module, manifest)?;
+        let loaded = self.modules.load(&self.runtime, module, manifest)?;
         let (app, limit) = (
             loaded.measurement(),
             loaded.manifest().max_instances_per_host,

@@ -19,6 +19,7 @@
 mod durable;
 mod host;
 mod migrate;
+mod modules;
 mod net;
 pub mod seal;
 mod services;
@@ -322,6 +323,7 @@ enum Pending {
 pub struct Monitor {
     hw: Arc<dyn Hardware>,
     runtime: Runtime,
+    modules: modules::ModuleCache,
     blobs: Arc<dyn BlobStore>,
     config: MonitorConfig,
     policy: Arc<Policy>,
@@ -346,6 +348,7 @@ impl Monitor {
         let mut sm = Self {
             hw,
             runtime: Runtime::new()?,
+            modules: modules::ModuleCache::default(),
             blobs,
             policy: Arc::new(config.policy.clone()),
             config,
@@ -424,7 +427,7 @@ impl Monitor {
     /// manifest's instance limit for this application, instantiates it and asks the store
     /// to register it. It runs once registered ([`Event::Registered`]).
     pub fn create(&mut self, module: &[u8], manifest: Manifest) -> Result<EnclaveId, MonitorError> {
-        let loaded = self.runtime.load(module, manifest)?;
+        let loaded = self.modules.load(&self.runtime, module, manifest)?;
         let (app, limit) = (
             loaded.measurement(),
             loaded.manifest().max_instances_per_host,

@@ -388,6 +388,18 @@ impl Monitor {
             tracing::info!(%migration, %peer, %reason, "refused a PREPARE");
             return self.send_message(conn, &Message::Refuse { migration, reason });
         }
+        // With the module kept here, the instance to restore into is made now, before READY.
+        let restoring = match self.modules.get(&prepare.app) {
+            Some(loaded) => match self.begin_restore(&prepare, &loaded) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    tracing::warn!(%migration, error = ?e, "cannot prepare an instance");
+                    let reason = RefuseReason::Invalid("cannot prepare an instance".into());
+                    return self.send_message(conn, &Message::Refuse { migration, reason });
+                }
+            },
+            None => None,
+        };
         let now = self.hw.now();
         let machine = Incoming::accept(
             now,
@@ -395,14 +407,17 @@ impl Monitor {
             peer.clone(),
             (self.host().clone(), self.hw.boot_epoch().to_bytes()),
             self.config.timeouts.clone(),
-            now.duration_since(received).unwrap_or_default(),
+            (
+                now.duration_since(received).unwrap_or_default(),
+                restoring.is_some(),
+            ),
         );
         self.migrations.inc.insert(
             migration,
             In {
                 conn,
                 machine,
-                restoring: None,
+                restoring,
                 rebuilt: None,
             },
         );
@@ -720,9 +735,23 @@ impl Monitor {
             return Err(AbortReason::MeasurementMismatch);
         }
         let loaded: Arc<LoadedModule> = self
-            .runtime
-            .load(module, p.manifest.clone())
+            .modules
+            .load(&self.runtime, module, p.manifest.clone())
             .map_err(state_error)?;
+        let restoring = self.begin_restore(&p, &loaded)?;
+        if let Some(i) = self.migrations.inc.get_mut(&m) {
+            i.restoring = Some(restoring);
+        }
+        Ok(())
+    }
+
+    /// An instance of `loaded` with the memory size PREPARE announced, not running, for
+    /// the pages to be written into.
+    fn begin_restore(
+        &self,
+        p: &Prepare,
+        loaded: &Arc<LoadedModule>,
+    ) -> Result<Restoring<InstanceServices>, AbortReason> {
         let services = InstanceServices::new(
             p.enclave,
             p.app,
@@ -730,14 +759,9 @@ impl Monitor {
             Arc::clone(&self.blobs),
         );
         let memory = usize::try_from(p.memory_bytes).map_err(state_error)?;
-        let restoring = self
-            .runtime
-            .begin_restore(&loaded, services, memory)
-            .map_err(state_error)?;
-        if let Some(i) = self.migrations.inc.get_mut(&m) {
-            i.restoring = Some(restoring);
-        }
-        Ok(())
+        self.runtime
+            .begin_restore(loaded, services, memory)
+            .map_err(state_error)
     }
 
     fn rebuild_incoming(

@@ -73,6 +73,9 @@ pub enum Message<'a> {
         migration: MigrationId,
         /// Receiver's preparation time, µs.
         prepare_us: u64,
+        /// The receiver already holds the module of this measurement (compiled, checked
+        /// against `app`): no MODULE messages follow, and its instance is ready for pages.
+        module_cached: bool,
     },
     /// Receiver → sender: it cannot.
     Refuse {

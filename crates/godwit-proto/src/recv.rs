@@ -110,19 +110,23 @@ pub struct Incoming {
     phase: Phase,
     effects: VecDeque<RecvEffect>,
     received_bytes: u64,
+    /// The SM holds the module already and prepared the instance before READY.
+    module_cached: bool,
 }
 
 impl Incoming {
     /// Accepts a PREPARE the SM checked; the first effect transmits READY. `me` and `boot`
     /// are this SM's host and boot epoch (COMMIT names them); `prepared_for` is how long the
-    /// checks took on this side's trusted timer.
+    /// checks took on this side's trusted timer. With `module_cached`, the SM already holds
+    /// the module measured `prepare.app` and has an instance ready for pages: READY says so,
+    /// and MODULE messages are then a protocol violation.
     pub fn accept(
         now: TrustedInstant,
         prepare: Prepare,
         from: HostId,
         (me, boot): (HostId, Boot),
         config: TimeoutConfig,
-        prepared_for: Duration,
+        (prepared_for, module_cached): (Duration, bool),
     ) -> Self {
         // The sender pauses E and writes BEGIN before it sends TRANSFER.
         let mut terms = config.terms(config.assumed_network_delay(), 0);
@@ -138,12 +142,14 @@ impl Incoming {
             },
             effects: VecDeque::new(),
             received_bytes: 0,
+            module_cached,
             config,
             prepare,
         };
         inc.effects.push_back(RecvEffect::Transmit(Message::Ready {
             migration: inc.prepare.migration,
             prepare_us: u64::try_from(prepared_for.as_micros()).unwrap_or(u64::MAX),
+            module_cached,
         }));
         inc
     }
@@ -270,7 +276,7 @@ impl Incoming {
                         network,
                         deadline: Deadline::after(now, self.chunk_terms(network)),
                         module: Vec::new(),
-                        module_loaded: false,
+                        module_loaded: self.module_cached,
                         memory_next: 0,
                         sealed: Vec::new(),
                         sealed_bytes: 0,
@@ -320,7 +326,7 @@ impl Incoming {
         match msg {
             Message::Module { offset, bytes, .. } => {
                 let end = *offset + bytes.len() as u64;
-                if *offset != p.module.len() as u64 || end > prep.module_bytes {
+                if p.module_loaded || *offset != p.module.len() as u64 || end > prep.module_bytes {
                     return bad(format!(
                         "module bytes at {offset}..{end} of {}",
                         prep.module_bytes

@@ -123,6 +123,8 @@ pub struct Outgoing {
     effects: VecDeque<SendEffect>,
     times: StepTimes,
     sent_bytes: u64,
+    /// READY said the receiver holds the module: the data starts at memory.
+    module_cached: bool,
 }
 
 impl Outgoing {
@@ -146,6 +148,7 @@ impl Outgoing {
             effects: VecDeque::new(),
             times: StepTimes::started(now),
             sent_bytes: 0,
+            module_cached: false,
             config,
             prepare: prepare.clone(),
         };
@@ -262,7 +265,15 @@ impl Outgoing {
     /// A message from the receiver about this migration.
     pub fn handle_message(&mut self, now: TrustedInstant, msg: &Message<'_>) {
         match (&self.phase, msg) {
-            (Phase::AwaitReady { sent_at, .. }, Message::Ready { prepare_us, .. }) => {
+            (
+                Phase::AwaitReady { sent_at, .. },
+                Message::Ready {
+                    prepare_us,
+                    module_cached,
+                    ..
+                },
+            ) => {
+                self.module_cached = *module_cached;
                 let round_trip = now.duration_since(*sent_at).unwrap_or_default();
                 let network = round_trip.saturating_sub(Duration::from_micros(*prepare_us));
                 self.times.ready = Some(now);
@@ -348,7 +359,11 @@ impl Outgoing {
                     let terms = self.config.terms(network, self.prepare.total_bytes());
                     self.phase = Phase::Streaming {
                         plan,
-                        cursor: Cursor::Module(0),
+                        cursor: if self.module_cached {
+                            Cursor::Memory(0)
+                        } else {
+                            Cursor::Module(0)
+                        },
                         network,
                         deadline: Deadline::after(now, terms),
                     };
@@ -607,7 +622,13 @@ impl Outgoing {
 /// The next run of non-zero pages at or after `from`, at most [`CHUNK_BYTES_MAX`] long.
 /// Zero pages are not sent: the receiver's memory starts zeroed.
 fn next_nonzero_run(memory: &[u8], from: usize) -> Option<(usize, usize)> {
-    let is_zero = |at: usize| memory[at..at + PAGE_BYTES].iter().fold(0u8, |a, &b| a | b) == 0;
+    // Block by block, so a page with data is usually known after its first 64 bytes; each
+    // block's OR vectorizes.
+    let is_zero = |at: usize| {
+        memory[at..at + PAGE_BYTES]
+            .chunks_exact(64)
+            .all(|block| block.iter().fold(0u8, |a, &b| a | b) == 0)
+    };
     let mut start = from;
     while start < memory.len() && is_zero(start) {
         start += PAGE_BYTES;

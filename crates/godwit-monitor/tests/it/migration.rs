@@ -52,6 +52,21 @@ fn happy_path_moves_state_and_ownership() {
 }
 
 #[test]
+fn a_destination_that_holds_the_module_is_sent_no_module_bytes() {
+    let mut w = World::new(&["a", "b", "c"]);
+    let id = w.deploy("a", COUNTER);
+    w.call("a", id, "incr");
+    w.sm("a").migrate(id, h("b")).unwrap();
+    let to_b = w.finish_migration("a").unwrap(); // b compiles it from MODULE messages
+    w.sm("b").migrate(id, h("a")).unwrap();
+    let back = w.finish_migration("b").unwrap(); // a keeps it since the deploy
+    assert_eq!(to_b.bytes - back.bytes, COUNTER.module().len() as u64);
+    w.check();
+    assert_eq!(w.call("a", id, "incr"), "2");
+    assert_eq!(running_at(&w, id), ["a"]);
+}
+
+#[test]
 fn an_enclave_can_move_on_and_come_back() {
     let mut w = World::new(&["a", "b", "c"]);
     let id = w.deploy("a", COUNTER);
