@@ -120,6 +120,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.meta(VOTE)
     }
 
+    /// Not fsynced: a lost committed id only makes openraft start from the last applied
+    /// entry (it takes the larger of the two), and the leader re-sends the commit index.
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<()> {
         self.st
             .put_meta_with(COMMITTED, &encode(&committed), redb::Durability::None)

@@ -43,8 +43,18 @@ fn measure(size_mib: u32) -> Result<Value> {
     let result = (|| {
         fill_incompressible(&dir.join("src.ram"), size_mib)?;
         make_credentials(&openssl, &dir)?;
-        let plain = migrate_once(&qemu, &dir, size_mib, false)?;
-        let tls = migrate_once(&qemu, &dir, size_mib, true)?;
+        // Twice each, alternating, the better run kept: the first touch of fresh memory
+        // varies run to run on a VM, and QEMU gets the benefit of the doubt.
+        let mut plain = (0.0, 0);
+        let mut tls = (0.0, 0);
+        for _ in 0..2 {
+            for (with_tls, best) in [(false, &mut plain), (true, &mut tls)] {
+                let run = migrate_once(&qemu, &dir, size_mib, with_tls)?;
+                if run.0 > best.0 {
+                    *best = run;
+                }
+            }
+        }
         Ok(json!({
             "size_mib": size_mib,
             "plain_mib_s": plain.0,
@@ -171,10 +181,20 @@ fn start_vm(
     tls: Option<&str>,
     incoming: bool,
 ) -> Result<Vm> {
-    let ram = dir.join(format!("{name}.ram"));
-    if !ram.exists() {
-        std::fs::File::create(&ram)?.set_len(u64::from(size_mib) << 20)?;
-    }
+    // The source's RAM is the pre-filled file; the destination receives into anonymous
+    // memory, as godwit's receiver does.
+    let backend = if incoming {
+        format!("memory-backend-ram,id=mem0,size={size_mib}M")
+    } else {
+        let ram = dir.join(format!("{name}.ram"));
+        if !ram.exists() {
+            bail!("{} was not prepared", ram.display());
+        }
+        format!(
+            "memory-backend-file,id=mem0,size={size_mib}M,mem-path={},share=on",
+            ram.display()
+        )
+    };
     let mut cmd = Command::new(qemu);
     cmd.args([
         "-nodefaults",
@@ -186,10 +206,7 @@ fn start_vm(
     ])
     .arg(format!("{size_mib}M"))
     .arg("-object")
-    .arg(format!(
-        "memory-backend-file,id=mem0,size={size_mib}M,mem-path={},share=on",
-        ram.display()
-    ))
+    .arg(backend)
     .arg("-qmp")
     .arg(format!(
         "unix:{},server=on,wait=off",
@@ -262,8 +279,6 @@ impl Qmp {
 /// One migration; returns (MiB/s, bytes QEMU says it transferred).
 fn migrate_once(qemu: &Path, dir: &Path, size_mib: u32, tls: bool) -> Result<(f64, u64)> {
     let port = godwit_node::cluster::free_base_port(1).ok_or_else(|| anyhow!("no free port"))? + 1;
-    let dst_ram = dir.join("dst.ram");
-    let _ = std::fs::remove_file(&dst_ram);
     let _src = start_vm(qemu, dir, "src", size_mib, tls.then_some("client"), false)?;
     let _dst = start_vm(qemu, dir, "dst", size_mib, tls.then_some("server"), true)?;
     let mut src = Qmp::connect(&dir.join("src.qmp"))?;
