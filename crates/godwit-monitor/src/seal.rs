@@ -13,7 +13,7 @@ use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use serde::{Deserialize, Serialize};
 
 /// Blob format version.
-const FORMAT: u8 = 1;
+pub const FORMAT: u8 = 1;
 /// Largest encoded header accepted.
 const HEADER_BYTES_MAX: usize = 256;
 /// Largest blob accepted from the host: the largest sealable payload plus overhead.

@@ -127,7 +127,13 @@ impl NodeConfig {
             });
         }
         let text = std::fs::read_to_string(path).map_err(read_err)?;
-        let mut cfg: NodeConfig = toml::from_str(&text).map_err(|e| ConfigError::Syntax {
+        Self::parse(&text, path)
+    }
+
+    /// Parses and checks the text of the configuration file at `path` (which names it in
+    /// errors, and against whose directory relative paths are taken).
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let mut cfg: NodeConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
             path: path.to_owned(),
             message: e.to_string().trim().replace('\n', " "),
         })?;

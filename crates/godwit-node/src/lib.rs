@@ -17,3 +17,9 @@ mod serve;
 pub use config::{ConfigError, NodeConfig};
 pub use disk::DirBlobStore;
 pub use node::{FRAME_BYTES_MAX, Node, NodeError};
+
+/// Whether `bytes` decode as a store message from a peer SM, exactly as the daemon decodes
+/// them (for fuzzing: bad input is an error, never a panic).
+pub fn store_message_decodes(bytes: &[u8]) -> bool {
+    raftnet::decode_store_message(bytes).is_ok()
+}

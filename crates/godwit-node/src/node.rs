@@ -384,7 +384,7 @@ impl Inner {
 
     fn on_store_message(self: &Arc<Self>, conn: ConnId, peer: HostId, bytes: &[u8]) {
         lock(&self.heard).insert(peer.clone(), host_now());
-        let msg: StoreMsg = match postcard::from_bytes(bytes) {
+        let msg = match crate::raftnet::decode_store_message(bytes) {
             Ok(m) => m,
             Err(e) => return tracing::warn!(%peer, error = %e, "undecodable store message"),
         };

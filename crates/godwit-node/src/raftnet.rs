@@ -20,6 +20,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::node::Inner;
 
+/// Decodes a store message that arrived from a peer SM.
+pub(crate) fn decode_store_message(bytes: &[u8]) -> Result<StoreMsg, postcard::Error> {
+    postcard::from_bytes(bytes)
+}
+
 /// One store message inside a channel record.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum StoreMsg {
