@@ -18,7 +18,7 @@ use godwit_attest::{
 };
 use godwit_enclave::{AbiError, Runtime, Services};
 use godwit_hw::{DeviceIdentity, Hardware, Manufacturer, SimHardware};
-use godwit_monitor::seal::{self, BlobHeader, Expect};
+use godwit_monitor::seal::{self, BlobHeader};
 use godwit_proto::{LedgerOp, Message};
 use godwit_wire::{EnclaveId, HostId, Manifest, Measurement};
 
@@ -150,8 +150,22 @@ pub enum RecordOp {
 
 struct InFlight {
     bytes: Vec<u8>,
-    /// The sequence number and payload it was sealed with, while untouched.
-    genuine: Option<(u64, Option<Vec<u8>>)>,
+    /// The bytes as sealed, their sequence number, and the payload (`None`: a close).
+    sealed: Arc<(Vec<u8>, u64, Option<Vec<u8>>)>,
+}
+
+impl InFlight {
+    fn new(bytes: Vec<u8>, seq: u64, payload: Option<Vec<u8>>) -> Self {
+        Self {
+            sealed: Arc::new((bytes.clone(), seq, payload)),
+            bytes,
+        }
+    }
+
+    /// Untouched (flips that cancel out leave a record untouched).
+    fn genuine(&self) -> bool {
+        self.bytes == self.sealed.0
+    }
 }
 
 /// A channel pair, and a network that loses, duplicates, reorders, flips and truncates
@@ -188,19 +202,13 @@ pub fn records(data: &[u8]) {
                 let mut rec = RecordBuf::new();
                 rec.payload_mut(payload.len()).copy_from_slice(&payload);
                 if tx.seal(RecordType::Data, &mut rec).is_ok() {
-                    flight.push_back(InFlight {
-                        bytes: rec.into_vec(),
-                        genuine: Some((sent, Some(payload))),
-                    });
+                    flight.push_back(InFlight::new(rec.into_vec(), sent, Some(payload)));
                     sent += 1;
                 }
             }
             RecordOp::Close if !closed => {
                 if let Ok(bytes) = tx.close() {
-                    flight.push_back(InFlight {
-                        bytes,
-                        genuine: Some((sent, None)),
-                    });
+                    flight.push_back(InFlight::new(bytes, sent, None));
                     sent += 1;
                     closed = true;
                 }
@@ -213,17 +221,14 @@ pub fn records(data: &[u8]) {
                 if matches!(op, RecordOp::Duplicate) {
                     flight.push_front(InFlight {
                         bytes: r.bytes.clone(),
-                        genuine: r.genuine.clone(),
+                        sealed: Arc::clone(&r.sealed),
                     });
                 }
-                let acceptable = !failed
-                    && r.genuine
-                        .as_ref()
-                        .is_some_and(|(seq, _)| *seq == expected_seq);
+                let acceptable = !failed && r.genuine() && r.sealed.1 == expected_seq;
+                let sealed = Arc::clone(&r.sealed);
                 match (rx.open(&mut r.bytes), acceptable) {
                     (Ok(opened), true) => {
-                        let want = r.genuine.and_then(|(_, p)| p);
-                        match (opened, want) {
+                        match (opened, &sealed.2) {
                             (Opened::Data(got), Some(want)) => assert_eq!(got, &want[..]),
                             (Opened::Close, None) => {}
                             (got, want) => panic!("opened {got:?}, sealed {want:?}"),
@@ -249,14 +254,12 @@ pub fn records(data: &[u8]) {
                 if let Some(r) = flight.front_mut().filter(|r| !r.bytes.is_empty()) {
                     let i = usize::from(byte) % r.bytes.len();
                     r.bytes[i] ^= 1 << (bit % 8);
-                    r.genuine = None;
                 }
             }
             RecordOp::Truncate { keep } => {
                 if let Some(r) = flight.front_mut().filter(|r| !r.bytes.is_empty()) {
                     let keep = usize::from(keep) % r.bytes.len();
                     r.bytes.truncate(keep);
-                    r.genuine = None;
                 }
             }
         }
@@ -317,7 +320,7 @@ pub fn sealed_blob(data: &[u8]) {
     };
     if mode % 2 == 0 {
         assert!(
-            seal::open_versioned(&key, (enclave, app, slot), Expect::AtLeast(0), rest).is_err(),
+            seal::open(&key, enclave, app, slot, 5, rest).is_err(),
             "arbitrary bytes opened as a sealed blob"
         );
         return;
@@ -343,10 +346,10 @@ pub fn sealed_blob(data: &[u8]) {
             _ => {}
         }
     }
-    match seal::open_versioned(&key, (enclave, app, slot), Expect::AtLeast(0), &blob) {
-        Ok((version, data)) => {
+    match seal::open(&key, enclave, app, slot, 5, &blob) {
+        Ok(data) => {
             assert_eq!(blob, genuine, "an altered blob opened");
-            assert_eq!((version, data), (5, plaintext));
+            assert_eq!(data, plaintext);
         }
         Err(_) => assert_ne!(blob, genuine, "a genuine blob was refused"),
     }

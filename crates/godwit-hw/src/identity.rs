@@ -91,6 +91,47 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), IdentityError> {
     f.sync_all().map_err(io_err(path))
 }
 
+/// The file in a device directory that keeps the component's boot count.
+const BOOT_COUNT_FILE: &str = "boot-count";
+
+/// Counts one more boot of the component whose directory is `dir` and returns the new
+/// count. This emulates a hardware monotonic counter: the ledger uses it only to order a
+/// host's boot announcements, so a host that rolled the file back harms only its own
+/// liveness (its SM's writes would look stale).
+pub fn advance_boot_count(dir: &Path) -> Result<u64, IdentityError> {
+    let path = dir.join(BOOT_COUNT_FILE);
+    let count = match fs::read_to_string(&path) {
+        Ok(text) => text
+            .trim()
+            .parse::<u64>()
+            .map_err(|e| IdentityError::Malformed {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(io_err(&path)(e)),
+    };
+    let next = count
+        .checked_add(1)
+        .ok_or_else(|| IdentityError::Malformed {
+            path: path.clone(),
+            reason: "boot count exhausted".into(),
+        })?;
+    let tmp = dir.join(format!("{BOOT_COUNT_FILE}.tmp"));
+    let _ = fs::remove_file(&tmp);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io_err(&tmp))?;
+    f.write_all(next.to_string().as_bytes())
+        .map_err(io_err(&tmp))?;
+    f.sync_all().map_err(io_err(&tmp))?;
+    fs::rename(&tmp, &path).map_err(io_err(&path))?;
+    Ok(next)
+}
+
 fn read_private(path: &Path, max_bytes: u64) -> Result<Zeroizing<Vec<u8>>, IdentityError> {
     let meta = fs::metadata(path).map_err(io_err(path))?;
     let mode = meta.permissions().mode() & 0o777;

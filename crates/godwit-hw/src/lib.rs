@@ -30,7 +30,7 @@ pub use cert::{
     CertChain, ChainError, DeviceCertificate, ManufacturerRoot, SmCertificate, VerifiedChain,
 };
 pub use ed25519_dalek::{Signature as AttestationSignature, VerifyingKey};
-pub use identity::{DeviceIdentity, IdentityError, Manufacturer};
+pub use identity::{DeviceIdentity, IdentityError, Manufacturer, advance_boot_count};
 pub use sim::{SimClock, SimHardware};
 pub use soft::SoftHardware;
 pub use time::{BootEpoch, TimeError, TrustedInstant};

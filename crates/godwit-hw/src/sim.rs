@@ -45,12 +45,22 @@ impl SimHardware {
         sm_measurement: Measurement,
         seed: u64,
     ) -> (Self, SimClock) {
+        Self::booted(identity, sm_measurement, seed, 0)
+    }
+
+    /// As [`SimHardware::new`], as the component's `count`th boot.
+    pub fn booted(
+        identity: DeviceIdentity,
+        sm_measurement: Measurement,
+        seed: u64,
+        count: u64,
+    ) -> (Self, SimClock) {
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
-        let mut epoch = [0u8; 16];
-        rng.fill_bytes(&mut epoch);
+        let mut random = [0u8; 8];
+        rng.fill_bytes(&mut random);
         let clock = Arc::new(AtomicU64::new(0));
         let hw = Self {
-            sm: BootedSm::boot(identity, sm_measurement, BootEpoch(epoch)),
+            sm: BootedSm::boot(identity, sm_measurement, BootEpoch::new(count, random)),
             clock: Arc::clone(&clock),
             rng: Mutex::new(rng),
         };

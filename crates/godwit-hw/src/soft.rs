@@ -20,10 +20,16 @@ pub struct SoftHardware {
 impl SoftHardware {
     /// Powers the component on with a provisioned identity and measures the SM it boots.
     pub fn boot(identity: DeviceIdentity, sm_measurement: Measurement) -> Self {
-        let mut epoch = [0u8; 16];
-        crate::os_random(&mut epoch);
+        Self::boot_counted(identity, sm_measurement, 0)
+    }
+
+    /// As [`SoftHardware::boot`], as the `count`th boot of this component (see
+    /// [`crate::advance_boot_count`]).
+    pub fn boot_counted(identity: DeviceIdentity, sm_measurement: Measurement, count: u64) -> Self {
+        let mut random = [0u8; 8];
+        crate::os_random(&mut random);
         Self {
-            sm: BootedSm::boot(identity, sm_measurement, BootEpoch(epoch)),
+            sm: BootedSm::boot(identity, sm_measurement, BootEpoch::new(count, random)),
             #[allow(clippy::disallowed_methods)] // the hardware timer itself
             start: Instant::now(),
         }

@@ -3,13 +3,34 @@
 use std::fmt;
 use std::time::Duration;
 
-/// A random value drawn by the hardware component at every power cycle and held only in
-/// its runtime memory (claims 7 and 14). Two readings of the trusted timer are comparable
+/// A value the hardware component makes at every power cycle and holds only in its
+/// runtime memory (claims 7 and 14): its boot count (8 bytes, big-endian, so that later
+/// boots order after earlier ones) and 8 random bytes (so that no two boots share an
+/// epoch, even if the count was lost). Two readings of the trusted timer are comparable
 /// only if they carry the same epoch: a reboot voids every earlier reading.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct BootEpoch(pub(crate) [u8; 16]);
 
 impl BootEpoch {
+    pub(crate) fn new(count: u64, random: [u8; 8]) -> Self {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&count.to_be_bytes());
+        b[8..].copy_from_slice(&random);
+        Self(b)
+    }
+
+    /// The boot count of an epoch's bytes (0 where the component kept no count).
+    pub fn count_of(bytes: &[u8; 16]) -> u64 {
+        let mut c = [0u8; 8];
+        c.copy_from_slice(&bytes[..8]);
+        u64::from_be_bytes(c)
+    }
+
+    /// This epoch's boot count.
+    pub fn count(&self) -> u64 {
+        Self::count_of(&self.0)
+    }
+
     /// The epoch's bytes, for records that must name it (the store's ledger).
     pub fn to_bytes(&self) -> [u8; 16] {
         self.0

@@ -121,7 +121,11 @@ impl Monitor {
         let d = &mut r.durability;
         let mut done = Vec::new();
         match reply {
-            StoreReply::Outcome(LedgerOutcome::Applied(_)) => {
+            StoreReply::Outcome(LedgerOutcome::Applied(record)) => {
+                if let Some(record) = record {
+                    r.enclave.services_mut().recorded(&record.durable);
+                }
+                let d = &mut r.durability;
                 d.recorded_seq = d.recorded_seq.max(seq);
                 while d
                     .withheld

@@ -39,7 +39,7 @@ pub use durable::{CallId, CallOutcome};
 pub use host::{BlobStore, HostError, MemoryBlobStore};
 pub use net::{ConnId, STORE_MESSAGE_BYTES_MAX};
 pub use seal::SealError;
-pub use services::{COUNTERS_MAX, InstanceServices, SLOTS_MAX};
+pub use services::{COUNTERS_MAX, InstanceServices, SLOTS_MAX, UNRECORDED_SEALS_MAX};
 
 /// How long the SM waits before asking the store again after it did not answer.
 pub const STORE_RETRY: Duration = Duration::from_millis(200);

@@ -44,6 +44,10 @@ pub(crate) struct Migrations {
 }
 
 impl Migrations {
+    pub(crate) fn in_flight(&self) -> (usize, usize) {
+        (self.out.len(), self.inc.len())
+    }
+
     pub(crate) fn reserved_for(&self, app: &Measurement) -> usize {
         self.inc
             .values()
@@ -182,6 +186,11 @@ impl Monitor {
         self.drive_out(migration);
         self.check_invariants();
         Ok(())
+    }
+
+    /// Migrations under way here: (outgoing, incoming).
+    pub fn migrations_in_flight(&self) -> (usize, usize) {
+        self.migrations.in_flight()
     }
 
     /// Bytes sent and bytes to send of an outgoing migration.
@@ -595,9 +604,11 @@ impl Monitor {
             return Err(state_error("the enclave is gone"));
         };
         // The state may have grown since PREPARE (E ran until READY): it must still fit.
-        let prepare = self.migrations.out[&m]
-            .machine
-            .as_ref()
+        let prepare = self
+            .migrations
+            .out
+            .get(&m)
+            .and_then(|o| o.machine.as_ref())
             .map(|x| x.prepare().clone());
         let Some(prepare) = prepare else {
             return Err(state_error("no machine"));
@@ -631,6 +642,12 @@ impl Monitor {
             o.paused = false;
         }
         if let Some(r) = self.enclaves.get_mut(&enclave)
+            && r.durability.collect_for == Some(m)
+        {
+            // A collection still waiting for the ledger is no longer wanted.
+            r.durability.collect_for = None;
+        }
+        if let Some(r) = self.enclaves.get_mut(&enclave)
             && r.state == EnclaveState::Migrating
         {
             match resume_at {
@@ -647,6 +664,11 @@ impl Monitor {
         let Some(o) = self.migrations.out.remove(&m) else {
             return;
         };
+        if let Some(r) = self.enclaves.get_mut(&enclave)
+            && r.durability.collect_for == Some(m)
+        {
+            r.durability.collect_for = None;
+        }
         let outcome = match outcome {
             SendOutcome::Committed { epoch } => {
                 let machine = o.machine.as_ref();

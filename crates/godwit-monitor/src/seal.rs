@@ -144,27 +144,6 @@ pub fn open(
     newest: u64,
     blob: &[u8],
 ) -> Result<Vec<u8>, SealError> {
-    open_versioned(key, (enclave, app, slot), Expect::Exactly(newest), blob).map(|(_, data)| data)
-}
-
-/// Which versions a reader accepts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Expect {
-    /// Exactly the newest version this SM sealed.
-    Exactly(u64),
-    /// This version or a newer one: for a slot whose newest version is known only from
-    /// the store's record, which may lag one unconfirmed seal (whose ecall result was never
-    /// released). Older versions are still refused.
-    AtLeast(u64),
-}
-
-/// As [`open`], with a version rule; returns the version presented and the plaintext.
-pub fn open_versioned(
-    key: &SealingKey,
-    (enclave, app, slot): (EnclaveId, Measurement, &str),
-    expect: Expect,
-    blob: &[u8],
-) -> Result<(u64, Vec<u8>), SealError> {
     let (h, body_start) = header(blob)?;
     if h.enclave != enclave || h.app != app || h.slot != slot {
         return Err(SealError::WrongBinding {
@@ -189,21 +168,20 @@ pub fn open_versioned(
         .map_err(|_| SealError::Authentication)?
         .len();
     // Versions are checked after authentication, so the numbers reported are genuine.
-    let (Expect::Exactly(newest) | Expect::AtLeast(newest)) = expect;
     if h.version < newest {
         return Err(SealError::Rollback {
             presented: h.version,
             newest,
         });
     }
-    if h.version > newest && matches!(expect, Expect::Exactly(_)) {
+    if h.version > newest {
         return Err(SealError::UnknownVersion {
             presented: h.version,
             newest,
         });
     }
     body.truncate(plain_len);
-    Ok((h.version, body))
+    Ok(body)
 }
 
 #[cfg(test)]

@@ -15,17 +15,43 @@ use crate::seal::{self, BlobHeader, SealError};
 pub const SLOTS_MAX: usize = 64;
 /// Most monotonic counters one instance may create.
 pub const COUNTERS_MAX: usize = 64;
+/// Most versions of one slot sealed and not yet recorded by the store. A fresh instance of
+/// a lost enclave starts its versions past this window, so that no version number is ever
+/// sealed twice (see [`InstanceServices::adopt_durable`]).
+pub const UNRECORDED_SEALS_MAX: u64 = 1024;
 
 /// What the SM remembers of one sealed slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Slot {
-    /// The newest version sealed.
+    /// The newest version sealed: the only one `unseal` accepts.
     pub(crate) version: u64,
     /// Its plaintext size.
     pub(crate) len: usize,
-    /// Known only from the store's record (an adopted instance): a newer authentic blob
-    /// is accepted once (see [`seal::Expect::AtLeast`]).
-    pub(crate) from_ledger: bool,
+    /// The newest version the store has recorded; older blobs can go.
+    pub(crate) recorded: u64,
+    /// The next version to seal (past `version`; further for an adopted instance).
+    pub(crate) next: u64,
+    /// Versions up to here (past `recorded`) were left by a lost earlier instance: this
+    /// one neither holds nor opens them.
+    pub(crate) floor: u64,
+}
+
+impl Slot {
+    /// The versions this instance may have on the host's disk: the recorded one, and the
+    /// ones it sealed since.
+    fn held(&self) -> impl Iterator<Item = u64> {
+        let own = self.recorded.max(self.floor) + 1;
+        std::iter::once(self.recorded)
+            .filter(|v| *v > 0)
+            .chain(own..=self.version)
+    }
+}
+
+/// The host's name for one version of a slot's blob. Every version is its own blob, kept
+/// until the store records a newer one: an instance started again from the store's record
+/// then finds exactly the version recorded, consistent with the recorded counters.
+pub(crate) fn blob_name(slot: &str, version: u64) -> String {
+    format!("{slot}@{version}")
 }
 
 /// Per-instance state the SM keeps beside the enclave: its sealing key, the newest version
@@ -79,11 +105,16 @@ impl InstanceServices {
     /// Seals `data` as the next version of `slot` and hands the blob to the host. The
     /// version advances only once the host accepted the blob.
     pub(crate) fn seal_slot(&mut self, slot: &str, data: &[u8]) -> Result<(), AbiError> {
-        let current = self.slots.get(slot).map(|s| s.version);
+        let current = self.slots.get(slot).copied();
         if current.is_none() && self.slots.len() >= SLOTS_MAX {
             return Err(AbiError::Limit);
         }
-        let version = current.unwrap_or(0).checked_add(1).ok_or(AbiError::Limit)?;
+        let version = current.map_or(1, |s| s.next);
+        let (recorded, floor) = current.map_or((0, 0), |s| (s.recorded, s.floor));
+        if version - recorded.max(floor) > UNRECORDED_SEALS_MAX {
+            tracing::warn!(enclave = %self.id, slot, "too many seals the store has not recorded");
+            return Err(AbiError::Limit);
+        }
         let header = BlobHeader {
             format: 1,
             enclave: self.id,
@@ -94,16 +125,21 @@ impl InstanceServices {
         let mut nonce = [0u8; 12];
         self.hw.fill_random(&mut nonce);
         let blob = seal::seal(&self.key, &header, nonce, data);
-        self.blobs.put(self.id, slot, &blob).map_err(|e| {
-            tracing::warn!(enclave = %self.id, slot, error = %e, "host refused a sealed blob");
-            AbiError::HostUnavailable
-        })?;
+        self.blobs
+            .put(self.id, &blob_name(slot, version), &blob)
+            .map_err(|e| {
+                tracing::warn!(enclave = %self.id, slot, error = %e, "host refused a sealed blob");
+                AbiError::HostUnavailable
+            })?;
+        let next = version.checked_add(1).ok_or(AbiError::Limit)?;
         self.slots.insert(
             slot.to_owned(),
             Slot {
                 version,
                 len: data.len(),
-                from_ledger: false,
+                recorded,
+                next,
+                floor,
             },
         );
         Ok(())
@@ -135,14 +171,17 @@ impl InstanceServices {
         self.hw.fill_random(&mut nonce);
         let blob = seal::seal(&self.key, &header, nonce, data);
         self.blobs
-            .put(self.id, slot, &blob)
+            .put(self.id, &blob_name(slot, version), &blob)
             .map_err(|_| SealError::Missing)?;
+        // COMMIT records these versions before the instance runs here.
         self.slots.insert(
             slot.to_owned(),
             Slot {
                 version,
                 len: data.len(),
-                from_ledger: false,
+                recorded: version,
+                next: version.saturating_add(1),
+                floor: 0,
             },
         );
         Ok(())
@@ -195,40 +234,57 @@ impl InstanceServices {
             .collect()
     }
 
-    /// Deletes every blob this instance sealed from the host's storage.
+    /// Deletes every blob this instance may still have on the host's storage: each slot's
+    /// versions from the recorded one to the newest.
     pub(crate) fn delete_blobs(&self) {
-        for slot in self.slots.keys() {
-            if let Err(e) = self.blobs.delete(self.id, slot) {
-                tracing::warn!(enclave = %self.id, slot, error = %e, "host failed to delete a sealed blob");
+        for (slot, s) in &self.slots {
+            for version in s.held() {
+                self.delete_blob(slot, version);
             }
         }
     }
 
-    /// Fetches `slot`'s blob from the host and opens it, refusing anything but the newest
-    /// version this SM sealed.
+    fn delete_blob(&self, slot: &str, version: u64) {
+        if let Err(e) = self.blobs.delete(self.id, &blob_name(slot, version)) {
+            tracing::warn!(enclave = %self.id, slot, version, error = %e, "host failed to delete a sealed blob");
+        }
+    }
+
+    /// The store recorded `d`: versions older than the recorded ones are no longer needed.
+    pub(crate) fn recorded(&mut self, d: &godwit_proto::DurableState) {
+        let mut stale = Vec::new();
+        for (slot, v) in &d.sealed {
+            if let Some(s) = self.slots.get_mut(slot)
+                && v.version > s.recorded
+                && v.version <= s.version
+            {
+                stale.extend(
+                    s.held()
+                        .filter(|old| *old < v.version)
+                        .map(|old| (slot.clone(), old)),
+                );
+                s.recorded = v.version;
+            }
+        }
+        for (slot, version) in stale {
+            self.delete_blob(&slot, version);
+        }
+    }
+
+    /// Fetches `slot`'s newest blob from the host and opens it, refusing anything but
+    /// exactly the newest version this SM sealed (or, for an adopted instance, recorded).
     pub(crate) fn unseal_slot(&mut self, slot: &str) -> Result<Vec<u8>, SealError> {
         let known = *self.slots.get(slot).ok_or(SealError::NotSealed)?;
         let blob = self
             .blobs
-            .get(self.id, slot)
+            .get(self.id, &blob_name(slot, known.version))
             .ok()
             .flatten()
             .ok_or(SealError::Missing)?;
-        let expect = if known.from_ledger {
-            seal::Expect::AtLeast(known.version)
-        } else {
-            seal::Expect::Exactly(known.version)
-        };
-        let (version, data) =
-            seal::open_versioned(&self.key, (self.id, self.app, slot), expect, &blob)?;
-        self.slots.insert(
-            slot.to_owned(),
-            Slot {
-                version,
-                len: data.len(),
-                from_ledger: false,
-            },
-        );
+        let data = seal::open(&self.key, self.id, self.app, slot, known.version, &blob)?;
+        if let Some(s) = self.slots.get_mut(slot) {
+            s.len = data.len();
+        }
         Ok(data)
     }
 
@@ -250,14 +306,23 @@ impl InstanceServices {
         }
     }
 
-    /// Takes the durable state the store recorded for an adopted instance.
+    /// Takes the durable state the store recorded for an adopted instance: exactly the
+    /// recorded versions, consistent with the recorded counters. The lost instance may have
+    /// sealed up to [`UNRECORDED_SEALS_MAX`] newer versions the store never heard of (their
+    /// results were never released); they are never opened, and this instance's own seals
+    /// start past them, so no version number is sealed twice.
     pub(crate) fn adopt_durable(&mut self, d: &godwit_proto::DurableState) {
         for (slot, v) in &d.sealed {
             let len = usize::try_from(v.len).unwrap_or(usize::MAX);
             let slot_state = Slot {
                 version: v.version,
                 len,
-                from_ledger: true,
+                recorded: v.version,
+                next: v
+                    .version
+                    .saturating_add(UNRECORDED_SEALS_MAX)
+                    .saturating_add(1),
+                floor: v.version.saturating_add(UNRECORDED_SEALS_MAX),
             };
             self.slots.insert(slot.clone(), slot_state);
         }

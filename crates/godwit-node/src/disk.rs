@@ -1,4 +1,4 @@
-//! The host's storage of sealed blobs: one file per (enclave, slot), written atomically.
+//! The host's storage of sealed blobs: one file per (enclave, slot, version), written atomically.
 
 use std::fs;
 use std::io::Write;
@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use godwit_monitor::{BlobStore, HostError};
 use godwit_wire::EnclaveId;
 
-/// Sealed blobs under a directory: `DIR/<enclave>/<slot>`. The SM checks everything read
+/// Sealed blobs under a directory: `DIR/<enclave>/<slot>@<version>`. The SM checks everything read
 /// back; this only has to be durable (write, fsync, rename).
 pub struct DirBlobStore {
     dir: PathBuf,
@@ -33,7 +33,7 @@ impl DirBlobStore {
         if slot.is_empty()
             || !slot
                 .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@'))
             || slot.starts_with('.')
         {
             return Err(HostError(format!(

@@ -616,7 +616,12 @@ impl Node {
                 expected: cfg.id.to_string(),
             });
         }
-        let hw: Arc<dyn Hardware> = Arc::new(SoftHardware::boot(identity, sm_measurement()));
+        let boots = godwit_hw::advance_boot_count(&cfg.identity_dir())?;
+        let hw: Arc<dyn Hardware> = Arc::new(SoftHardware::boot_counted(
+            identity,
+            sm_measurement(),
+            boots,
+        ));
         let blobs = DirBlobStore::open(&cfg.blob_dir())
             .map_err(|e| NodeError::Start(format!("blob directory: {e}")))?;
         let policy = cfg

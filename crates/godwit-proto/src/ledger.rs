@@ -314,6 +314,12 @@ pub enum LedgerRefusal {
     /// An adoption names another application than the record's.
     #[error("the enclave belongs to another application")]
     WrongApp,
+    /// The writer's SM has restarted since it made this write: what it would own is gone.
+    #[error("{host}'s SM has restarted since this write")]
+    StaleBoot {
+        /// The writer.
+        host: HostId,
+    },
 }
 
 /// The ledger's answer to a write: the record after it, or a refusal with the record as it
@@ -383,7 +389,19 @@ impl Ledger {
         counts
     }
 
+    /// Whether `host` has announced a later boot than `boot`: a write made under `boot`
+    /// comes from an SM that no longer exists. (A boot not announced yet but newer than the
+    /// last announced one is current: its announcement may simply be behind its writes.)
+    fn is_stale(&self, host: &HostId, boot: &Boot) -> bool {
+        use godwit_hw::BootEpoch;
+        self.boots.get(host).is_some_and(|b| {
+            let (announced, writer) = (BootEpoch::count_of(b), BootEpoch::count_of(boot));
+            writer < announced || (writer == announced && b != boot)
+        })
+    }
+
     /// Whether the SM that owns `r` has restarted since it took ownership.
+
     fn owner_restarted(&self, r: &EnclaveRecord) -> bool {
         self.boots.get(&r.owner).is_some_and(|b| *b != r.owner_boot)
     }
@@ -464,6 +482,14 @@ impl Ledger {
                 return LedgerOutcome::Applied(Some(r.clone()));
             }
             return self.refuse(id, LedgerRefusal::AlreadyRegistered);
+        }
+        if self.is_stale(owner, &boot) {
+            return self.refuse(
+                id,
+                LedgerRefusal::StaleBoot {
+                    host: owner.clone(),
+                },
+            );
         }
         if let Some(limit) = cap
             && self.live_instances(&app) >= limit as usize
@@ -561,6 +587,20 @@ impl Ledger {
             } else {
                 self.refuse(id, LedgerRefusal::AlreadyDecided(d))
             };
+        }
+        if decision == Decision::Aborted
+            && r.state == RecordState::Running
+            && r.owner == *by
+            && r.epoch == epoch
+            && !self.owner_restarted(r)
+        {
+            // The owner gives up a migration whose BEGIN is not (yet) applied. Record the
+            // abort and advance the epoch: a BEGIN still on its way is then stale and
+            // refused, so the owner may resume knowing BEGIN can never take effect.
+            let r = self.records.get_mut(&id).expect("present");
+            r.epoch += 1;
+            r.last_decision = Some((migration, decision));
+            return LedgerOutcome::Applied(Some(r.clone()));
         }
         let RecordState::Migrating {
             migration: current,
@@ -669,23 +709,54 @@ impl Ledger {
     }
 
     fn host_booted(&mut self, host: &HostId, boot: Boot) -> LedgerOutcome {
-        self.boots.insert(host.clone(), boot);
+        if self.boots.get(host).is_some_and(|current| {
+            godwit_hw::BootEpoch::count_of(&boot) < godwit_hw::BootEpoch::count_of(current)
+        }) {
+            // An announcement from an earlier boot, applied late: the host has moved on.
+            return LedgerOutcome::Applied(None);
+        }
+        // A first announcement is not a restart: the boot that announces may be the one
+        // that has been taking part in migrations all along.
+        let restarted_now = self
+            .boots
+            .insert(host.clone(), boot)
+            .is_some_and(|previous| previous != boot);
         let boots = &self.boots;
         let restarted = |h: &HostId, b: &Boot| boots.get(h).is_some_and(|cur| cur != b);
         for r in self.records.values_mut() {
-            let lost = match &r.state {
+            match &r.state {
                 // What the host ran under an older boot is gone with its memory.
-                RecordState::Running => r.owner == *host && r.owner_boot != boot,
-                // A migration to the restarted host from a sender that also restarted: no
-                // one holds the enclave any more.
-                RecordState::Migrating { to, .. } => {
-                    to == host && restarted(&r.owner, &r.owner_boot)
+                RecordState::Running if r.owner == *host && r.owner_boot != boot => {
+                    r.state = RecordState::Lost;
+                    r.epoch += 1;
                 }
-                RecordState::Lost => false,
-            };
-            if lost {
-                r.state = RecordState::Lost;
-                r.epoch += 1;
+                // A migration to the restarted host: its copy, never committed, is gone with
+                // its memory, so the migration can only abort. The sender keeps E (or, if
+                // it restarted too, no one holds it any more). A COMMIT from the old boot
+                // still on its way is then refused as decided.
+                // A migration from the restarted host: its paused copy is gone. A receiver
+                // that has not committed yet may hold everything, but it may as well hold
+                // nothing and never settle the record. Abort: the enclave is lost (its
+                // sealed data stays on this host's disk, for adoption), and the receiver's
+                // COMMIT, if one comes, is refused as decided.
+                RecordState::Migrating { migration, .. }
+                    if r.owner == *host && r.owner_boot != boot =>
+                {
+                    r.last_decision = Some((*migration, Decision::Aborted));
+                    r.state = RecordState::Lost;
+                    r.epoch += 1;
+                }
+                RecordState::Migrating { to, migration } if to == host && restarted_now => {
+                    let m = *migration;
+                    r.state = if restarted(&r.owner, &r.owner_boot) {
+                        RecordState::Lost
+                    } else {
+                        RecordState::Running
+                    };
+                    r.last_decision = Some((m, Decision::Aborted));
+                    r.epoch += 1;
+                }
+                _ => {}
             }
         }
         LedgerOutcome::Applied(None)
@@ -731,6 +802,9 @@ impl Ledger {
         }
         if r.app != app {
             return self.refuse(id, LedgerRefusal::WrongApp);
+        }
+        if self.is_stale(by, &boot) {
+            return self.refuse(id, LedgerRefusal::StaleBoot { host: by.clone() });
         }
         if let Some(limit) = r.max_instances_cluster
             && self.live_instances(&app) >= limit as usize
@@ -876,6 +950,167 @@ mod tests {
     }
 
     #[test]
+    fn a_receiver_restart_aborts_the_migrations_to_it() {
+        let mut l = registered();
+        begin(&mut l, 0, M1);
+        let announce = |l: &mut Ledger, boot| l.apply(&LedgerOp::HostBooted { host: h("b"), boot });
+        // The receiver's first announcement of a boot it already announced changes nothing.
+        announce(&mut l, BOOT_B);
+        assert!(matches!(state(&l).2, RecordState::Migrating { .. }));
+        announce(&mut l, [0xbb; 16]);
+        assert_eq!(state(&l), ("a".into(), 1, RecordState::Running));
+        // A COMMIT from the receiver's previous boot, still on its way, is refused.
+        assert!(matches!(
+            commit(&mut l, 0, M1),
+            LedgerOutcome::Refused {
+                reason: LedgerRefusal::AlreadyDecided(Decision::Aborted),
+                ..
+            }
+        ));
+        // The paused sender's ABORT is answered as applied: it resumes.
+        assert!(matches!(
+            abort(&mut l, 0, M1, "a"),
+            LedgerOutcome::Applied(_)
+        ));
+    }
+
+    #[test]
+    fn a_receivers_first_announcement_during_a_migration_is_not_a_restart() {
+        let mut l = Ledger::new();
+        l.apply(&LedgerOp::HostBooted {
+            host: h("a"),
+            boot: BOOT_A,
+        });
+        l.apply(&LedgerOp::Register {
+            id: E,
+            app: APP,
+            app_name: "app".into(),
+            owner: h("a"),
+            boot: BOOT_A,
+            max_instances_cluster: None,
+        });
+        begin(&mut l, 0, M1);
+        // b's boot is announced only now, behind the migration it takes part in.
+        l.apply(&LedgerOp::HostBooted {
+            host: h("b"),
+            boot: BOOT_B,
+        });
+        assert!(matches!(state(&l).2, RecordState::Migrating { .. }));
+        assert!(matches!(commit(&mut l, 0, M1), LedgerOutcome::Applied(_)));
+    }
+
+    #[test]
+    fn a_registration_from_a_boot_not_yet_announced_is_accepted() {
+        let mut l = Ledger::new();
+        let boot = |count: u64| {
+            let mut b = [7; 16];
+            b[..8].copy_from_slice(&count.to_be_bytes());
+            b
+        };
+        let register = |l: &mut Ledger, id: u8, b| {
+            l.apply(&LedgerOp::Register {
+                id: EnclaveId([id; 16]),
+                app: APP,
+                app_name: "app".into(),
+                owner: h("a"),
+                boot: b,
+                max_instances_cluster: None,
+            })
+        };
+        l.apply(&LedgerOp::HostBooted {
+            host: h("a"),
+            boot: boot(2),
+        });
+        // The next boot writes before its announcement is applied: it is current.
+        assert!(matches!(
+            register(&mut l, 1, boot(3)),
+            LedgerOutcome::Applied(_)
+        ));
+        // The one before is not.
+        assert!(matches!(
+            register(&mut l, 2, boot(1)),
+            LedgerOutcome::Refused {
+                reason: LedgerRefusal::StaleBoot { .. },
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_late_announcement_of_an_earlier_boot_changes_nothing() {
+        let mut l = Ledger::new();
+        let boot = |count: u64, r: u8| {
+            let mut b = [r; 16];
+            b[..8].copy_from_slice(&count.to_be_bytes());
+            b
+        };
+        let announce = |l: &mut Ledger, b| {
+            l.apply(&LedgerOp::HostBooted {
+                host: h("a"),
+                boot: b,
+            })
+        };
+        announce(&mut l, boot(2, 1));
+        announce(&mut l, boot(1, 9)); // boot 1's announcement, delayed
+        assert_eq!(l.boot_of(&h("a")), Some(&boot(2, 1)));
+    }
+
+    #[test]
+    fn a_registration_from_a_restarted_sm_is_refused() {
+        let mut l = registered();
+        l.apply(&LedgerOp::HostBooted {
+            host: h("a"),
+            boot: [0xc; 16],
+        });
+        let late = l.apply(&LedgerOp::Register {
+            id: EnclaveId([9; 16]),
+            app: APP,
+            app_name: "x".into(),
+            owner: h("a"),
+            boot: BOOT_A,
+            max_instances_cluster: None,
+        });
+        assert!(matches!(
+            late,
+            LedgerOutcome::Refused {
+                reason: LedgerRefusal::StaleBoot { .. },
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn an_abort_before_begin_fences_a_late_begin() {
+        let mut l = registered();
+        // The sender gave up before its BEGIN was applied (it may still be on its way).
+        let LedgerOutcome::Applied(Some(r)) = abort(&mut l, 0, M1, "a") else {
+            panic!("the owner's abort is recorded")
+        };
+        assert_eq!(
+            (r.epoch, r.last_decision),
+            (1, Some((M1, Decision::Aborted)))
+        );
+        assert_eq!(state(&l), ("a".into(), 1, RecordState::Running));
+        // The late BEGIN is stale; the abort repeats alike.
+        assert!(matches!(
+            begin(&mut l, 0, M1),
+            LedgerOutcome::Refused {
+                reason: LedgerRefusal::StaleEpoch { .. },
+                ..
+            }
+        ));
+        assert_eq!(abort(&mut l, 0, M1, "a"), LedgerOutcome::Applied(Some(r)));
+        // Only the owner can do this to a running record.
+        assert!(matches!(
+            abort(&mut l, 1, M2, "b"),
+            LedgerOutcome::Refused {
+                reason: LedgerRefusal::WrongState { .. },
+                ..
+            }
+        ));
+    }
+
+    #[test]
     fn stale_epochs_other_migrations_and_outsiders_are_refused() {
         let mut l = registered();
         assert!(matches!(
@@ -996,20 +1231,27 @@ mod tests {
     }
 
     #[test]
-    fn an_abort_after_the_sender_restarted_records_the_enclave_lost() {
+    fn a_sender_restart_aborts_its_migration_and_records_the_enclave_lost() {
         let mut l = registered();
         begin(&mut l, 0, M1);
         l.apply(&LedgerOp::HostBooted {
             host: h("a"),
             boot: [0xc; 16],
         });
-        // Still migrating: the receiver may yet commit, or anyone may settle it.
-        assert!(matches!(state(&l).2, RecordState::Migrating { .. }));
+        // The paused copy is gone; nobody else may hold all of it, so nobody may settle.
+        assert_eq!(state(&l), ("a".into(), 1, RecordState::Lost));
+        // The receiver's COMMIT, if it comes, is refused; its ABORT repeats the decision.
         assert!(matches!(
-            abort(&mut l, 0, M1, "c"),
+            commit(&mut l, 0, M1),
+            LedgerOutcome::Refused {
+                reason: LedgerRefusal::AlreadyDecided(Decision::Aborted),
+                ..
+            }
+        ));
+        assert!(matches!(
+            abort(&mut l, 0, M1, "b"),
             LedgerOutcome::Applied(_)
         ));
-        assert_eq!(state(&l), ("a".into(), 1, RecordState::Lost));
     }
 
     #[test]

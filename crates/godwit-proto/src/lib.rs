@@ -9,6 +9,8 @@
 
 pub mod ledger;
 pub mod msg;
+#[cfg(feature = "planted-bugs")]
+pub mod planted;
 pub mod recv;
 pub mod send;
 pub mod timing;

@@ -438,6 +438,15 @@ impl Incoming {
     pub fn handle_store(&mut self, _now: TrustedInstant, reply: StoreReply) {
         match std::mem::replace(&mut self.phase, Phase::Done) {
             Phase::AwaitCommit { commit, deadline } => match reply {
+                // Only COMMIT's own answer licenses running E here.
+                StoreReply::Outcome(LedgerOutcome::Applied(record))
+                    if !record.as_ref().is_some_and(|r| {
+                        r.last_decision == Some((self.prepare.migration, Decision::Committed))
+                            && r.owner == self.me
+                    }) =>
+                {
+                    self.phase = Phase::AwaitCommit { commit, deadline };
+                }
                 StoreReply::Outcome(LedgerOutcome::Applied(record)) => {
                     let epoch = record.map_or(self.prepare.epoch + 1, |r| r.epoch);
                     self.effects.push_back(RecvEffect::Activate);

@@ -246,6 +246,15 @@ impl Outgoing {
         if tell_peer {
             self.transmit_abort(&reason);
         }
+        #[cfg(feature = "planted-bugs")]
+        if crate::planted::resume_before_abort() {
+            // The planted bug: resume without waiting for the store to record ABORT.
+            self.request_abort();
+            self.effects.push_back(SendEffect::Resume {
+                epoch: self.prepare.epoch,
+            });
+            return self.finish(SendOutcome::Aborted(reason));
+        }
         self.phase = Phase::Aborting {
             reason,
             deadline: Deadline::after(now, self.config.store_terms()),
@@ -397,6 +406,17 @@ impl Outgoing {
         reply: StoreReply,
     ) {
         let record = match reply {
+            // Only ABORT's own answer licenses a resume. BEGIN's answer ("applied" too) can
+            // arrive late, after the abort was asked for: it decides nothing, and ABORT's
+            // answer is still to come (or asked again at the deadline).
+            StoreReply::Outcome(LedgerOutcome::Applied(record))
+                if !record.as_ref().is_some_and(|r| {
+                    r.last_decision == Some((self.migration(), Decision::Aborted))
+                }) =>
+            {
+                self.phase = Phase::Aborting { reason, deadline };
+                return;
+            }
             StoreReply::Outcome(LedgerOutcome::Applied(record)) => {
                 self.times.decided = Some(now);
                 let epoch = record.map_or(self.prepare.epoch + 1, |r| r.epoch);
@@ -436,10 +456,15 @@ impl Outgoing {
         epoch: Option<u64>,
     ) -> SendEffect {
         match record {
+            // Running here at the epoch this migration started from (BEGIN never took
+            // effect), or past it by this migration's recorded abort (which fenced BEGIN).
             Some(r)
                 if r.owner == self.from
                     && r.state == RecordState::Running
-                    && epoch.is_none_or(|e| e == r.epoch) =>
+                    && epoch.is_none_or(|e| {
+                        e == r.epoch
+                            || r.last_decision == Some((self.migration(), Decision::Aborted))
+                    }) =>
             {
                 SendEffect::Resume { epoch: r.epoch }
             }

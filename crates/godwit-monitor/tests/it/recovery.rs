@@ -85,14 +85,14 @@ fn an_older_blob_is_refused_after_adoption_too() {
     let id = w.deploy("a", COUNTER);
     w.call("a", id, "incr");
     w.call("a", id, "persist");
-    let old = godwit_monitor::BlobStore::get(&*w.nodes[&h("a")].blobs, id, "count")
+    let old = godwit_monitor::BlobStore::get(&*w.nodes[&h("a")].blobs, id, "count@1")
         .unwrap()
         .unwrap();
     w.call("a", id, "incr");
     w.call("a", id, "persist");
     w.reboot("a");
     w.settle();
-    godwit_monitor::BlobStore::put(&*w.nodes[&h("a")].blobs, id, "count", &old).unwrap();
+    godwit_monitor::BlobStore::put(&*w.nodes[&h("a")].blobs, id, "count@2", &old).unwrap();
     w.sm("a")
         .adopt(id, &COUNTER.module(), COUNTER.manifest())
         .unwrap();
@@ -101,6 +101,50 @@ fn an_older_blob_is_refused_after_adoption_too() {
         w.call_raw("a", id, "restore", b"").is_err(),
         "the ledger knows version 2"
     );
+}
+
+#[test]
+fn a_seal_the_ledger_never_recorded_is_dropped_and_its_version_never_reused() {
+    use godwit_monitor::BlobStore;
+    let mut w = World::new(&["a", "b"]);
+    let id = w.deploy("a", COUNTER);
+    w.call("a", id, "incr");
+    w.call("a", id, "persist"); // version 1, recorded
+    // The store stops answering a: the next seal is written but never recorded, and its
+    // result is withheld.
+    w.store_up = Box::new(|host, _| host.as_str() != "a");
+    w.call("a", id, "incr");
+    assert!(matches!(
+        w.sm("a").call(id, "persist", b"").unwrap(),
+        godwit_monitor::CallOutcome::Pending(_)
+    ));
+    w.settle();
+    let disk = std::sync::Arc::clone(&w.nodes[&h("a")].blobs);
+    let unrecorded = disk
+        .get(id, "count@2")
+        .unwrap()
+        .expect("written before recorded");
+    w.reboot("a");
+    w.store_up = Box::new(|_, _| true);
+    w.settle();
+    w.sm("a")
+        .adopt(id, &COUNTER.module(), COUNTER.manifest())
+        .unwrap();
+    w.settle();
+    // Exactly the recorded version opens, consistent with the recorded counters.
+    assert_eq!(w.call("a", id, "restore"), "1");
+    // The next seal skips every version the lost instance may have left unrecorded.
+    w.call("a", id, "persist");
+    let next = godwit_monitor::UNRECORDED_SEALS_MAX + 2;
+    assert!(disk.get(id, &format!("count@{next}")).unwrap().is_some());
+    // The host offering the lost instance's unrecorded blob is refused: its version is
+    // not the newest.
+    disk.put(id, &format!("count@{next}"), &unrecorded).unwrap();
+    assert!(w.call_raw("a", id, "restore", b"").is_err());
+    assert!(matches!(
+        w.sm_ref("a").last_refusal(id).unwrap(),
+        Some(godwit_monitor::SealError::Rollback { presented: 2, .. })
+    ));
 }
 
 #[test]

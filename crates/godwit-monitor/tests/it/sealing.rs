@@ -23,10 +23,11 @@ fn an_altered_blob_is_refused() {
     let mut h = host("h1", 1);
     let id = deploy(&mut h, COUNTER);
     call(&mut h, id, "persist");
-    let mut blob = h.blobs.get(id, "count").unwrap().unwrap();
+    // Each version of a slot is its own blob, named `<slot>@<version>`.
+    let mut blob = h.blobs.get(id, "count@1").unwrap().unwrap();
     let last = blob.len() - 1;
     blob[last] ^= 1;
-    h.blobs.put(id, "count", &blob).unwrap();
+    h.blobs.put(id, "count@1", &blob).unwrap();
     assert_eq!(h.call_raw(id, "restore", b""), Err(INTEGRITY));
     assert_eq!(
         h.sm.last_refusal(id).unwrap(),
@@ -40,11 +41,13 @@ fn an_older_blob_is_refused_as_a_rollback() {
     let id = deploy(&mut h, COUNTER);
     call(&mut h, id, "incr");
     call(&mut h, id, "persist");
-    let old = h.blobs.get(id, "count").unwrap().unwrap();
+    let old = h.blobs.get(id, "count@1").unwrap().unwrap();
     call(&mut h, id, "incr");
     call(&mut h, id, "persist");
-    // The host hands back the first version.
-    h.blobs.put(id, "count", &old).unwrap();
+    // Once the ledger recorded version 2, version 1 is deleted.
+    assert_eq!(h.blobs.get(id, "count@1").unwrap(), None);
+    // The host hands back the first version in place of the second.
+    h.blobs.put(id, "count@2", &old).unwrap();
     assert_eq!(h.call_raw(id, "restore", b""), Err(INTEGRITY));
     assert_eq!(
         h.sm.last_refusal(id).unwrap(),
@@ -54,7 +57,7 @@ fn an_older_blob_is_refused_as_a_rollback() {
         })
     );
     // A lost blob is refused too, not reported as "never sealed".
-    h.blobs.delete(id, "count").unwrap();
+    h.blobs.delete(id, "count@2").unwrap();
     assert_eq!(h.call_raw(id, "restore", b""), Err(INTEGRITY));
     assert_eq!(h.sm.last_refusal(id).unwrap(), Some(SealError::Missing));
 }
@@ -68,8 +71,8 @@ fn a_blob_from_another_enclave_is_refused() {
     call(&mut h, a, "persist");
     call(&mut h, b, "persist");
     // Same application, same sealing key, another instance: the binding refuses it.
-    let from_a = h.blobs.get(a, "count").unwrap().unwrap();
-    h.blobs.put(b, "count", &from_a).unwrap();
+    let from_a = h.blobs.get(a, "count@1").unwrap().unwrap();
+    h.blobs.put(b, "count@1", &from_a).unwrap();
     assert_eq!(h.call_raw(b, "restore", b""), Err(INTEGRITY));
     assert!(matches!(
         h.sm.last_refusal(b).unwrap(),
@@ -87,8 +90,8 @@ fn a_blob_from_another_platform_is_refused() {
     call_arg(&mut there, other, "put", b"other!");
     // Move the other platform's blob under this instance's key and slot: it names the other
     // instance and was sealed under another device's key.
-    let foreign = there.blobs.get(other, "secret").unwrap().unwrap();
-    here.blobs.put(id, "secret", &foreign).unwrap();
+    let foreign = there.blobs.get(other, "secret@1").unwrap().unwrap();
+    here.blobs.put(id, "secret@1", &foreign).unwrap();
     assert_eq!(here.call_raw(id, "load", b""), Err(INTEGRITY));
     assert!(here.sm.last_refusal(id).unwrap().is_some());
 }
