@@ -1,0 +1,157 @@
+//! A seeded, deterministic simulation of a godwit cluster.
+//!
+//! It runs the real sans-IO code: each host is a [`Monitor`] on [`SimHardware`], speaking
+//! the real handshake, record layer and migration protocol. Around them the simulator
+//! plays everything untrusted or unreliable:
+//!
+//! - a **network** that delays, drops, duplicates, reorders and corrupts frames, partitions
+//!   hosts from each other, and refuses or resets connections;
+//! - the **store**: one linearizable ledger (the real [`Ledger`], applied in one order)
+//!   whose writes take time, fail for hosts cut off from it, and sometimes apply without
+//!   the host hearing so (the reply is lost, the host is told "unavailable");
+//! - the **hosts**: their trusted timers drift apart, they call the SM's timer early and
+//!   late, they crash at any moment (memory lost, disk kept) and restart with a new boot
+//!   epoch;
+//! - an **operator**: deploys enclaves up to and past their limits, calls them, migrates
+//!   them, drains hosts, cancels migrations, and adopts enclaves recorded lost.
+//!
+//! One `u64` seed decides every choice. After every step, [`invariants`] are checked; a
+//! violation stops the run and names the seed that reproduces it. A run is a safety phase
+//! under chaos, then a liveness phase: faults stop, partitions heal, hosts come back, and
+//! every migration must resolve and every enclave end up running on exactly one host or
+//! recorded lost with its sealed data intact.
+
+mod invariants;
+mod world;
+
+use std::fmt;
+
+pub use world::Plant;
+
+/// What a run does besides its seed.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Hosts (3 to 7); chosen by the seed when `None`.
+    pub hosts: Option<usize>,
+    /// Virtual time under chaos, ms.
+    pub chaos_ms: u64,
+    /// Virtual time allowed after healing for everything to resolve, ms.
+    pub heal_ms: u64,
+    /// A deliberate bug to switch on for this run (it must be caught).
+    pub plant: Option<Plant>,
+    /// Print every traced step as it happens (to stderr).
+    pub verbose: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            hosts: None,
+            chaos_ms: 8_000,
+            heal_ms: 60_000,
+            plant: None,
+            verbose: false,
+        }
+    }
+}
+
+impl Options {
+    /// The command line that repeats a run of `seed` with these options.
+    pub fn command(&self, seed: u64) -> String {
+        let mut c = format!("cargo run --release -p godwit-sim -- --seed {seed}");
+        let d = Self::default();
+        if let Some(h) = self.hosts {
+            c += &format!(" --hosts {h}");
+        }
+        if self.chaos_ms != d.chaos_ms {
+            c += &format!(" --chaos-ms {}", self.chaos_ms);
+        }
+        if self.heal_ms != d.heal_ms {
+            c += &format!(" --heal-ms {}", self.heal_ms);
+        }
+        if let Some(p) = self.plant {
+            c += &format!(" --plant {p}");
+        }
+        c
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Hosts simulated.
+    pub hosts: usize,
+    /// Steps (deliveries, timer firings, operator actions).
+    pub steps: u64,
+    /// Enclaves registered.
+    pub enclaves: u64,
+    /// Deploys refused by an instance limit.
+    pub limit_refusals: u64,
+    /// Migrations started / committed / aborted.
+    pub migrations: (u64, u64, u64),
+    /// Host crashes.
+    pub crashes: u64,
+    /// Ticks whose results were released.
+    pub ticks: u64,
+    /// Enclaves recorded lost, then adopted and found intact.
+    pub adopted: u64,
+    /// Frames and store writes scanned for plaintext secrets.
+    pub scanned: u64,
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} hosts, {} steps, {} enclaves ({} deploys refused at a limit), migrations {} started / {} committed / {} aborted, {} crashes, {} ticks, {} adopted, {} messages scanned",
+            self.hosts,
+            self.steps,
+            self.enclaves,
+            self.limit_refusals,
+            self.migrations.0,
+            self.migrations.1,
+            self.migrations.2,
+            self.crashes,
+            self.ticks,
+            self.adopted,
+            self.scanned
+        )
+    }
+}
+
+/// An invariant that did not hold.
+#[derive(Debug, Clone)]
+pub struct Violation {
+    /// The seed.
+    pub seed: u64,
+    /// The step at which it was seen.
+    pub step: u64,
+    /// Virtual time, ms.
+    pub at_ms: f64,
+    /// What went wrong.
+    pub what: String,
+    /// The last things that happened, oldest first.
+    pub trace: Vec<String>,
+    /// The command that reproduces it.
+    pub command: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "seed {}: violation at step {} ({:.3} ms virtual): {}",
+            self.seed, self.step, self.at_ms, self.what
+        )?;
+        writeln!(f, "last steps:")?;
+        for t in &self.trace {
+            writeln!(f, "  {t}")?;
+        }
+        write!(f, "reproduce with: {}", self.command)
+    }
+}
+
+/// Runs one seed.
+pub fn run(seed: u64, options: &Options) -> Result<Summary, Box<Violation>> {
+    world::World::run(seed, options)
+}

@@ -1,0 +1,1267 @@
+//! The simulated cluster: hosts, network, store, operator, and the event loop.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use godwit_attest::Policy;
+use godwit_hw::{DeviceIdentity, Manufacturer, SimClock, SimHardware};
+use godwit_monitor::{
+    Action, CallId, CallOutcome, ConnId, EnclaveState, Event, MemoryBlobStore, Monitor,
+    MonitorConfig, MonitorError, RequestId, sm_measurement,
+};
+use godwit_proto::{Ledger, LedgerOp, MigrationId, StoreReply, TimeoutConfig};
+use godwit_wire::{EnclaveId, HostId, Manifest, Measurement};
+use rand::{Rng, RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::{Options, Summary, Violation};
+
+const MS: u64 = 1_000_000;
+const TRACE_LINES: usize = 40;
+
+/// A deliberate bug the run switches on (see `godwit_proto::planted`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plant {
+    /// The sender resumes a paused enclave before the store has recorded ABORT.
+    ResumeBeforeAbort,
+}
+
+impl fmt::Display for Plant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::ResumeBeforeAbort => "resume-before-abort",
+        })
+    }
+}
+
+impl std::str::FromStr for Plant {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "resume-before-abort" => Ok(Self::ResumeBeforeAbort),
+            other => Err(format!(
+                "unknown planted bug {other:?} (known: resume-before-abort)"
+            )),
+        }
+    }
+}
+
+/// The simulator's enclave (see tally.wat).
+pub(crate) struct App {
+    pub(crate) module: Vec<u8>,
+    pub(crate) manifest: Manifest,
+    pub(crate) measurement: Measurement,
+}
+
+impl App {
+    fn load() -> Self {
+        // Invariant: tally.wat and tally.toml are part of this crate and checked by its tests.
+        let module = godwit_enclave::module_from_source(include_bytes!("tally.wat"))
+            .expect("tally.wat compiles");
+        let manifest = Manifest::from_toml(include_str!("tally.toml")).expect("tally.toml");
+        let measurement = manifest.measure(&module);
+        Self {
+            module,
+            manifest,
+            measurement,
+        }
+    }
+}
+
+pub(crate) struct Host {
+    pub(crate) id: HostId,
+    identity: DeviceIdentity,
+    pub(crate) disk: Arc<MemoryBlobStore>,
+    /// `None` while the host is down.
+    pub(crate) sm: Option<Monitor>,
+    clock: Option<SimClock>,
+    /// Boots so far; frames, replies and dials carry the boot they belong to.
+    pub(crate) boot: u64,
+    /// This boot's trusted-timer rate against virtual time (drift).
+    rate: f64,
+    /// Nanoseconds of trusted time owed to the clock (rates are fractional).
+    owed: f64,
+    /// How late this host delivers timer expiries to its SM.
+    lateness: u64,
+}
+
+/// One end of a connection: host, boot, the SM's connection id.
+type End = (usize, u64, ConnId);
+
+struct Link {
+    ends: [End; 2],
+    /// Arrival time of the last frame each way (TCP keeps order).
+    last: [u64; 2],
+}
+
+enum Ev {
+    Frame {
+        link: u64,
+        to: End,
+        frame: Vec<u8>,
+    },
+    Dialled {
+        from: End,
+        peer: usize,
+    },
+    Reset {
+        at: End,
+    },
+    StoreApply {
+        host: usize,
+        boot: u64,
+        request: RequestId,
+        op: LedgerOp,
+    },
+    StoreReply {
+        host: usize,
+        boot: u64,
+        request: RequestId,
+        reply: StoreReply,
+    },
+    HostUp {
+        host: usize,
+    },
+    Operator,
+    Heal,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CallKind {
+    Init,
+    Tick,
+    Check,
+}
+
+/// What the operator knows about one enclave it deployed.
+pub(crate) struct Tracked {
+    pub(crate) canary: [u8; 32],
+    /// Init's result was released: the counter exists and the canary is in memory.
+    pub(crate) initialized: bool,
+    /// The largest tick result released to a client.
+    pub(crate) max_released: u64,
+}
+
+/// Fault rates for this seed.
+struct Faults {
+    drop: f64,
+    duplicate: f64,
+    reorder: f64,
+    corrupt: f64,
+    reset: f64,
+    store_lost: f64,
+    reply_lost: f64,
+    crash: f64,
+    partition: f64,
+}
+
+pub(crate) struct World {
+    pub(crate) seed: u64,
+    options: Options,
+    rng: ChaCha8Rng,
+    manufacturer: Manufacturer,
+    policy: Policy,
+    pub(crate) app: App,
+    pub(crate) hosts: Vec<Host>,
+    pub(crate) ledger: Ledger,
+    pub(crate) now: u64,
+    pub(crate) step: u64,
+    seq: u64,
+    queue: BTreeMap<(u64, u64), Ev>,
+    links: BTreeMap<u64, Link>,
+    next_link: u64,
+    /// Host pairs (lower index first) that cannot reach each other.
+    cut: BTreeSet<(usize, usize)>,
+    /// Hosts that cannot reach the store.
+    store_cut: BTreeSet<usize>,
+    faults: Faults,
+    chaos: bool,
+    pub(crate) enclaves: BTreeMap<EnclaveId, Tracked>,
+    calls: BTreeMap<(usize, u64, CallId), (EnclaveId, CallKind)>,
+    /// Outgoing migrations the operator started and has not heard the end of.
+    migrating: BTreeMap<(usize, u64, MigrationId), EnclaveId>,
+    /// Byte strings that must never appear in a frame, a store write or a blob.
+    pub(crate) secrets: Vec<[u8; 32]>,
+    /// The ledger as last checked: epochs and durable state must never go back.
+    pub(crate) seen: BTreeMap<EnclaveId, (u64, godwit_proto::DurableState)>,
+    pub(crate) summary: Summary,
+    trace: VecDeque<String>,
+    /// Each enclave's state at each SM, as last traced.
+    pub(crate) states: BTreeMap<(usize, EnclaveId), EnclaveState>,
+}
+
+fn conn_of(e: &End) -> ConnId {
+    e.2
+}
+
+impl World {
+    pub(crate) fn run(seed: u64, options: &Options) -> Result<Summary, Box<Violation>> {
+        if let Some(Plant::ResumeBeforeAbort) = options.plant {
+            godwit_proto::planted::set_resume_before_abort(true);
+        }
+        let mut world = Self::new(seed, options.clone());
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| world.main()));
+        godwit_proto::planted::set_resume_before_abort(false);
+        let what = match result {
+            Ok(Ok(())) => return Ok(world.summary.clone()),
+            Ok(Err(what)) => what,
+            Err(panic) => format!(
+                "panic: {}",
+                panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                    .unwrap_or_else(|| "(no message)".into())
+            ),
+        };
+        Err(Box::new(Violation {
+            seed,
+            step: world.step,
+            at_ms: world.now as f64 / MS as f64,
+            what,
+            trace: world.trace.iter().cloned().collect(),
+            command: world.options.command(seed),
+        }))
+    }
+
+    fn new(seed: u64, options: Options) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let n = options
+            .hosts
+            .unwrap_or_else(|| rng.random_range(3..=7))
+            .clamp(1, 16);
+        let mut mseed = [0u8; 32];
+        rng.fill_bytes(&mut mseed);
+        let manufacturer = Manufacturer::from_seed(mseed);
+        let policy = Policy {
+            roots: vec![manufacturer.root()],
+            allowed_sm: vec![sm_measurement()],
+            allowed_hosts: None,
+        };
+        // Some seeds are calm, some stormy.
+        let storm: f64 = rng.random_range(0.0..1.0);
+        let faults = Faults {
+            drop: storm * 0.004,
+            duplicate: storm * 0.002,
+            reorder: storm * 0.002,
+            corrupt: storm * 0.002,
+            reset: storm * 0.002,
+            store_lost: storm * 0.02,
+            reply_lost: storm * 0.05,
+            crash: storm * 0.03,
+            partition: storm * 0.03,
+        };
+        let app = App::load();
+        let mut w = Self {
+            seed,
+            options,
+            rng,
+            manufacturer,
+            policy,
+            app,
+            hosts: Vec::new(),
+            ledger: Ledger::new(),
+            now: 0,
+            step: 0,
+            seq: 0,
+            queue: BTreeMap::new(),
+            links: BTreeMap::new(),
+            next_link: 0,
+            cut: BTreeSet::new(),
+            store_cut: BTreeSet::new(),
+            faults,
+            chaos: true,
+            enclaves: BTreeMap::new(),
+            calls: BTreeMap::new(),
+            migrating: BTreeMap::new(),
+            secrets: Vec::new(),
+            seen: BTreeMap::new(),
+            summary: Summary {
+                hosts: n,
+                ..Summary::default()
+            },
+            trace: VecDeque::new(),
+            states: BTreeMap::new(),
+        };
+        for i in 0..n {
+            let id = HostId::new(format!("h{i}")).expect("valid host name");
+            let mut secret = [0u8; 32];
+            w.rng.fill_bytes(&mut secret);
+            let identity = w
+                .manufacturer
+                .provision_from_secret(id.clone(), secret.into());
+            w.hosts.push(Host {
+                id,
+                identity,
+                disk: Arc::default(),
+                sm: None,
+                clock: None,
+                boot: 0,
+                rate: 1.0,
+                owed: 0.0,
+                lateness: 0,
+            });
+            w.boot_host(i);
+            // The host's sealing key for the app must never leave its SM.
+            if let Some(sm) = &w.hosts[i].sm {
+                let key = sm.hardware().sealing_key(&w.app.measurement);
+                w.secrets.push(*key.as_bytes());
+            }
+        }
+        w
+    }
+
+    fn main(&mut self) -> Result<(), String> {
+        let chaos_end = self.options.chaos_ms * MS;
+        self.schedule(MS, Ev::Operator);
+        self.schedule(chaos_end, Ev::Heal);
+        let end = chaos_end + self.options.heal_ms * MS;
+        while self.now < end {
+            self.drain_actions()?;
+            if !self.chaos && self.quiescent() {
+                break;
+            }
+            self.next_step(end)?;
+            self.step += 1;
+            self.summary.steps = self.step;
+            self.check_step()?;
+        }
+        self.drain_actions()?;
+        self.finish()
+    }
+
+    pub(crate) fn note(&mut self, line: String) {
+        if self.trace.len() == TRACE_LINES {
+            self.trace.pop_front();
+        }
+        let line = format!("[{:>10.3} ms] {line}", self.now as f64 / MS as f64);
+        if self.options.verbose {
+            #[allow(clippy::print_stderr)] // asked for with --verbose
+            {
+                eprintln!("{line}");
+            }
+        }
+        self.trace.push_back(line);
+    }
+
+    fn schedule(&mut self, at: u64, ev: Ev) {
+        self.seq += 1;
+        self.queue.insert((at, self.seq), ev);
+    }
+
+    fn latency(&mut self) -> u64 {
+        let base = self.rng.random_range(50_000..2 * MS);
+        if self.chaos && self.rng.random_bool(0.01) {
+            base + self.rng.random_range(0..300 * MS)
+        } else {
+            base
+        }
+    }
+
+    fn chance(&mut self, p: f64) -> bool {
+        self.chaos && p > 0.0 && self.rng.random_bool(p.min(1.0))
+    }
+
+    // ---- hosts -------------------------------------------------------------------------
+
+    fn boot_host(&mut self, i: usize) {
+        let boot = self.hosts[i].boot + 1;
+        let hw_seed = self.seed ^ ((i as u64) << 48) ^ (boot << 32) ^ 0x9e37_79b9;
+        let (hw, clock) = SimHardware::booted(
+            self.hosts[i].identity.clone(),
+            sm_measurement(),
+            hw_seed,
+            boot,
+        );
+        let config = MonitorConfig {
+            policy: self.policy.clone(),
+            timeouts: TimeoutConfig::default(),
+            memory_budget_bytes: 64 << 20,
+        };
+        let disk = Arc::clone(&self.hosts[i].disk);
+        // Invariant: the wasm runtime starts (it did for every earlier boot).
+        let sm = Monitor::new(Arc::new(hw), disk, config).expect("the SM starts");
+        let rate = self.rng.random_range(0.98..1.02);
+        let lateness = self.rng.random_range(0..20 * MS);
+        let h = &mut self.hosts[i];
+        h.sm = Some(sm);
+        h.clock = Some(clock);
+        h.boot = boot;
+        h.rate = rate;
+        h.owed = 0.0;
+        h.lateness = lateness;
+        let id = h.id.clone();
+        self.note(format!("{id} boots (boot {boot}, clock rate {rate:.4})"));
+    }
+
+    fn crash(&mut self, i: usize) {
+        if self.hosts[i].sm.is_none() {
+            return;
+        }
+        self.summary.crashes += 1;
+        self.hosts[i].sm = None;
+        self.hosts[i].clock = None;
+        let dead: Vec<u64> = self
+            .links
+            .iter()
+            .filter(|(_, l)| l.ends.iter().any(|e| e.0 == i))
+            .map(|(&k, _)| k)
+            .collect();
+        for k in dead {
+            if let Some(l) = self.links.remove(&k) {
+                let other = if l.ends[0].0 == i {
+                    l.ends[1]
+                } else {
+                    l.ends[0]
+                };
+                let at = self.now + self.latency();
+                self.schedule(at, Ev::Reset { at: other });
+            }
+        }
+        self.calls.retain(|(h, ..), _| *h != i);
+        self.migrating.retain(|(h, ..), _| *h != i);
+        let down = self.rng.random_range(0..500 * MS);
+        self.schedule(self.now + down, Ev::HostUp { host: i });
+        let id = self.hosts[i].id.clone();
+        self.note(format!("{id} crashes; back in {} ms", down / MS));
+    }
+
+    fn advance(&mut self, to: u64) {
+        let dt = to.saturating_sub(self.now);
+        self.now = to;
+        for h in &mut self.hosts {
+            if let Some(clock) = &h.clock {
+                h.owed += dt as f64 * h.rate;
+                let whole = h.owed.floor();
+                h.owed -= whole;
+                clock.advance(Duration::from_nanos(whole as u64));
+            }
+        }
+    }
+
+    /// When host `i`'s SM next needs its timer, in virtual time (with the host's lateness).
+    fn timer_due(&self, i: usize) -> Option<u64> {
+        let h = &self.hosts[i];
+        let sm = h.sm.as_ref()?;
+        let at = sm.poll_timeout()?;
+        let wait = at.duration_since(sm.hardware().now()).unwrap_or_default();
+        let virt = (wait.as_nanos() as f64 / h.rate).ceil() as u64;
+        Some(self.now + virt + h.lateness)
+    }
+
+    fn next_step(&mut self, end: u64) -> Result<(), String> {
+        let queued = self.queue.keys().next().map(|&(t, _)| t);
+        let timer = (0..self.hosts.len())
+            .filter_map(|i| self.timer_due(i).map(|t| (t, i)))
+            .min();
+        match (queued, timer) {
+            (Some(q), Some((t, i))) if t < q => self.fire_timer(t, i),
+            (None, Some((t, i))) => self.fire_timer(t, i),
+            (Some(_), _) => {
+                let ((at, _), ev) = self.queue.pop_first().expect("checked non-empty");
+                self.advance(at);
+                self.handle(ev)
+            }
+            (None, None) => {
+                self.advance(end);
+                Ok(())
+            }
+        }
+    }
+
+    fn fire_timer(&mut self, at: u64, i: usize) -> Result<(), String> {
+        self.advance(at.max(self.now));
+        let Some(sm) = self.hosts[i].sm.as_mut() else {
+            return Ok(());
+        };
+        sm.handle_timeout();
+        self.check_waits(i)
+    }
+
+    // ---- events ------------------------------------------------------------------------
+
+    fn handle(&mut self, ev: Ev) -> Result<(), String> {
+        match ev {
+            Ev::Frame {
+                link,
+                to,
+                mut frame,
+            } => {
+                let alive = self.links.contains_key(&link) && !self.is_cut_link(link);
+                if alive && self.is_current(&to) {
+                    let sm = self.hosts[to.0].sm.as_mut().expect("current end is up");
+                    sm.handle_frame(conn_of(&to), &mut frame);
+                }
+            }
+            Ev::Dialled { from, peer } => {
+                if !self.is_current(&from) {
+                    return Ok(());
+                }
+                let reachable = self.hosts[peer].sm.is_some() && !self.is_cut(from.0, peer);
+                if reachable {
+                    let theirs = self.hosts[peer].sm.as_mut().expect("up").accept();
+                    let other = (peer, self.hosts[peer].boot, theirs);
+                    self.next_link += 1;
+                    self.links.insert(
+                        self.next_link,
+                        Link {
+                            ends: [from, other],
+                            last: [0, 0],
+                        },
+                    );
+                    let sm = self.hosts[from.0].sm.as_mut().expect("current");
+                    sm.connected(conn_of(&from));
+                } else {
+                    let sm = self.hosts[from.0].sm.as_mut().expect("current");
+                    sm.disconnected(conn_of(&from));
+                }
+            }
+            Ev::Reset { at } => {
+                if self.is_current(&at) {
+                    self.links.retain(|_, l| !l.ends.contains(&at));
+                    let sm = self.hosts[at.0].sm.as_mut().expect("current");
+                    sm.disconnected(conn_of(&at));
+                }
+            }
+            Ev::StoreApply {
+                host,
+                boot,
+                request,
+                op,
+            } => {
+                let outcome = self.ledger.apply(&op);
+                self.ledger.check_invariants();
+                self.summary.scanned += 1;
+                self.scan(&godwit_wire::encode(&op), "a store write")?;
+                let verdict = match &outcome {
+                    godwit_proto::LedgerOutcome::Applied(_) => "applied".to_string(),
+                    godwit_proto::LedgerOutcome::Refused { reason, .. } => {
+                        format!("refused ({reason:?})")
+                    }
+                };
+                let what = format!(
+                    "store: {} {} from {}: {verdict}",
+                    op_name(&op),
+                    op.enclave().map_or(String::new(), |e| e.to_string()),
+                    self.hosts[host].id
+                );
+                self.note(what);
+                self.check_ledger()?;
+                let reply = if self.chance(self.faults.reply_lost) {
+                    StoreReply::Unavailable("the reply was lost".into())
+                } else {
+                    StoreReply::Outcome(outcome)
+                };
+                let at = self.now + self.latency();
+                self.schedule(
+                    at,
+                    Ev::StoreReply {
+                        host,
+                        boot,
+                        request,
+                        reply,
+                    },
+                );
+            }
+            Ev::StoreReply {
+                host,
+                boot,
+                request,
+                reply,
+            } => {
+                if self.hosts[host].boot == boot
+                    && let Some(sm) = self.hosts[host].sm.as_mut()
+                {
+                    sm.handle_store_reply(request, reply);
+                }
+            }
+            Ev::HostUp { host } => {
+                if self.hosts[host].sm.is_none() {
+                    self.boot_host(host);
+                }
+            }
+            Ev::Operator => {
+                if self.chaos {
+                    self.operate()?;
+                    let next = self.now + self.rng.random_range(2 * MS..25 * MS);
+                    self.schedule(next, Ev::Operator);
+                }
+            }
+            Ev::Heal => self.heal(),
+        }
+        Ok(())
+    }
+
+    fn is_current(&self, e: &End) -> bool {
+        self.hosts[e.0].boot == e.1 && self.hosts[e.0].sm.is_some()
+    }
+
+    fn is_cut(&self, a: usize, b: usize) -> bool {
+        self.cut.contains(&(a.min(b), a.max(b)))
+    }
+
+    fn is_cut_link(&self, link: u64) -> bool {
+        self.links
+            .get(&link)
+            .is_some_and(|l| self.is_cut(l.ends[0].0, l.ends[1].0))
+    }
+
+    fn drain_actions(&mut self) -> Result<(), String> {
+        for _ in 0..100_000 {
+            let mut moved = false;
+            for i in 0..self.hosts.len() {
+                while let Some(action) = self.hosts[i].sm.as_mut().and_then(Monitor::poll_action) {
+                    moved = true;
+                    self.act(i, action)?;
+                }
+            }
+            if !moved {
+                return Ok(());
+            }
+        }
+        Err("the SMs never stop asking for actions".into())
+    }
+
+    fn act(&mut self, i: usize, action: Action) -> Result<(), String> {
+        let boot = self.hosts[i].boot;
+        match action {
+            Action::Connect { conn, peer } => {
+                let Some(p) = self.hosts.iter().position(|h| h.id == peer) else {
+                    return Err(format!("{} dials unknown host {peer}", self.hosts[i].id));
+                };
+                let at = self.now + self.latency();
+                self.schedule(
+                    at,
+                    Ev::Dialled {
+                        from: (i, boot, conn),
+                        peer: p,
+                    },
+                );
+            }
+            Action::Wake { conn } => self.pump(i, conn)?,
+            Action::Close { conn } => {
+                let end = (i, boot, conn);
+                let found = self
+                    .links
+                    .iter()
+                    .find(|(_, l)| l.ends.contains(&end))
+                    .map(|(&k, _)| k);
+                if let Some(l) = found.and_then(|k| self.links.remove(&k)) {
+                    let other = if l.ends[0] == end {
+                        l.ends[1]
+                    } else {
+                        l.ends[0]
+                    };
+                    let at = self.now + self.latency();
+                    self.schedule(at, Ev::Reset { at: other });
+                }
+            }
+            Action::Store { request, op } => {
+                let at = self.now + self.latency();
+                if self.store_cut.contains(&i) || self.chance(self.faults.store_lost) {
+                    self.schedule(
+                        at,
+                        Ev::StoreReply {
+                            host: i,
+                            boot,
+                            request,
+                            reply: StoreReply::Unavailable("no quorum reachable".into()),
+                        },
+                    );
+                } else {
+                    self.schedule(
+                        at,
+                        Ev::StoreApply {
+                            host: i,
+                            boot,
+                            request,
+                            op,
+                        },
+                    );
+                }
+            }
+            Action::StoreMessage { .. } => {}
+            Action::Event(e) => self.on_event(i, e)?,
+            other => return Err(format!("unexpected action {other:?}")),
+        }
+        Ok(())
+    }
+
+    /// Takes every frame `conn` has to send and puts it on the (faulty) wire.
+    fn pump(&mut self, i: usize, conn: ConnId) -> Result<(), String> {
+        let end = (i, self.hosts[i].boot, conn);
+        let Some((&link, l)) = self.links.iter().find(|(_, l)| l.ends.contains(&end)) else {
+            // Not connected (yet or any more): the frames wait in the SM.
+            return Ok(());
+        };
+        let dir = usize::from(l.ends[1] == end);
+        let to = l.ends[1 - dir];
+        while let Some(frame) = self.hosts[i]
+            .sm
+            .as_mut()
+            .and_then(|sm| sm.poll_transmit(conn))
+        {
+            self.summary.scanned += 1;
+            self.scan(&frame, "a frame")?;
+            if self.is_cut(i, to.0) || self.chance(self.faults.drop) {
+                continue;
+            }
+            let mut frame = frame;
+            if self.chance(self.faults.corrupt) && !frame.is_empty() {
+                let at = self.rng.random_range(0..frame.len());
+                frame[at] ^= 1 << self.rng.random_range(0..8);
+            }
+            let latency = self.latency();
+            let reorder = self.chance(self.faults.reorder);
+            let Some(l) = self.links.get_mut(&link) else {
+                return Ok(());
+            };
+            let at = if reorder {
+                self.now + latency
+            } else {
+                (self.now + latency).max(l.last[dir] + 1)
+            };
+            l.last[dir] = l.last[dir].max(at);
+            if self.chance(self.faults.duplicate) {
+                self.schedule(
+                    at + 1,
+                    Ev::Frame {
+                        link,
+                        to,
+                        frame: frame.clone(),
+                    },
+                );
+            }
+            self.schedule(at, Ev::Frame { link, to, frame });
+            if self.chance(self.faults.reset) {
+                let at = self.now + self.latency();
+                self.schedule(at, Ev::Reset { at: end });
+                self.schedule(at, Ev::Reset { at: to });
+            }
+        }
+        Ok(())
+    }
+
+    fn on_event(&mut self, i: usize, e: Event) -> Result<(), String> {
+        let host = self.hosts[i].id.clone();
+        match e {
+            Event::Registered { enclave } => {
+                self.summary.enclaves += 1;
+                self.note(format!("{enclave} registered on {host}"));
+                let canary = self.enclaves.get(&enclave).map(|t| t.canary);
+                if let Some(canary) = canary {
+                    self.call(i, enclave, CallKind::Init, &canary)?;
+                }
+            }
+            Event::RegistrationRefused { enclave, reason } => {
+                self.note(format!("{enclave} refused on {host}: {reason}"));
+            }
+            Event::CallCompleted {
+                call,
+                enclave,
+                result,
+            } => {
+                let key = (i, self.hosts[i].boot, call);
+                if let Some((id, kind)) = self.calls.remove(&key) {
+                    if id != enclave {
+                        return Err(format!(
+                            "call {call:?} on {host} completed for {enclave}, made for {id}"
+                        ));
+                    }
+                    if let Ok(bytes) = result {
+                        self.released(i, enclave, kind, &bytes)?;
+                    }
+                }
+            }
+            Event::MigrationFinished {
+                migration,
+                enclave,
+                outcome,
+            } => {
+                self.migrating.remove(&(i, self.hosts[i].boot, migration));
+                match &outcome {
+                    Ok(r) => {
+                        self.summary.migrations.1 += 1;
+                        self.note(format!(
+                            "{enclave}: {host} -> {} committed (epoch {})",
+                            r.to, r.epoch
+                        ));
+                    }
+                    Err(reason) => {
+                        self.summary.migrations.2 += 1;
+                        self.note(format!(
+                            "{enclave}: migration from {host} aborted: {reason}"
+                        ));
+                    }
+                }
+            }
+            Event::IncomingFinished { .. } | Event::PeerRefused { .. } => {}
+            other => self.note(format!("{host}: {other:?}")),
+        }
+        Ok(())
+    }
+
+    // ---- the operator --------------------------------------------------------------------
+
+    fn call(&mut self, i: usize, id: EnclaveId, kind: CallKind, arg: &[u8]) -> Result<(), String> {
+        let f = match kind {
+            CallKind::Init => "init",
+            CallKind::Tick => "tick",
+            CallKind::Check => "check",
+        };
+        let Some(sm) = self.hosts[i].sm.as_mut() else {
+            return Ok(());
+        };
+        match sm.call(id, f, arg) {
+            Ok(CallOutcome::Done(bytes)) => self.released(i, id, kind, &bytes),
+            Ok(CallOutcome::Pending(call)) => {
+                self.calls.insert((i, self.hosts[i].boot, call), (id, kind));
+                Ok(())
+            }
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// The host where the SM says `id` runs.
+    fn running_at(&self, id: EnclaveId) -> Option<usize> {
+        self.hosts.iter().position(|h| {
+            h.sm.as_ref()
+                .and_then(|sm| sm.info(id).ok())
+                .is_some_and(|info| info.state == EnclaveState::Running)
+        })
+    }
+
+    fn up_hosts(&self) -> Vec<usize> {
+        (0..self.hosts.len())
+            .filter(|&i| self.hosts[i].sm.is_some())
+            .collect()
+    }
+
+    fn pick<T: Copy>(&mut self, items: &[T]) -> Option<T> {
+        if items.is_empty() {
+            None
+        } else {
+            Some(items[self.rng.random_range(0..items.len())])
+        }
+    }
+
+    fn operate(&mut self) -> Result<(), String> {
+        let ids: Vec<EnclaveId> = self.enclaves.keys().copied().collect();
+        let up = self.up_hosts();
+        let roll = self.rng.random_range(0..100);
+        match roll {
+            0..=9 => {
+                if let Some(i) = self.pick(&up) {
+                    self.deploy(i)?;
+                }
+            }
+            10..=39 => {
+                if let Some(id) = self.pick(&ids)
+                    && let Some(i) = self.running_at(id)
+                    && self.enclaves.get(&id).is_some_and(|t| t.initialized)
+                {
+                    self.call(i, id, CallKind::Tick, b"")?;
+                }
+            }
+            40..=49 => {
+                if let Some(id) = self.pick(&ids)
+                    && let Some(i) = self.running_at(id)
+                    && self.enclaves.get(&id).is_some_and(|t| t.initialized)
+                {
+                    self.call(i, id, CallKind::Check, b"")?;
+                }
+            }
+            50..=74 => {
+                if let Some(id) = self.pick(&ids)
+                    && let Some(i) = self.running_at(id)
+                {
+                    let others: Vec<usize> = (0..self.hosts.len()).filter(|&j| j != i).collect();
+                    if let Some(j) = self.pick(&others) {
+                        self.migrate(i, id, j);
+                    }
+                }
+            }
+            75..=79 => {
+                if let Some(i) = self.pick(&up) {
+                    self.drain(i);
+                }
+            }
+            80..=83 => {
+                let inflight: Vec<(usize, u64, MigrationId)> =
+                    self.migrating.keys().copied().collect();
+                if let Some((i, boot, m)) = self.pick(&inflight)
+                    && self.hosts[i].boot == boot
+                    && let Some(sm) = self.hosts[i].sm.as_mut()
+                {
+                    let _ = sm.cancel_migration(m);
+                    self.note(format!("operator cancels {m} on {}", self.hosts[i].id));
+                }
+            }
+            84..=87 => self.adopt_lost()?,
+            88..=91 => {
+                // A host calls its SM's timer for no reason: trusted time decides, not it.
+                if let Some(i) = self.pick(&up) {
+                    if let Some(sm) = self.hosts[i].sm.as_mut() {
+                        sm.handle_timeout();
+                    }
+                    self.check_waits(i)?;
+                }
+            }
+            92..=95 => {
+                if self.chance(self.faults.crash * 20.0)
+                    && let Some(i) = self.pick(&up)
+                {
+                    self.crash(i);
+                }
+            }
+            _ => {
+                if self.chance(self.faults.partition * 20.0) {
+                    self.partition();
+                } else if !self.cut.is_empty() || !self.store_cut.is_empty() {
+                    self.cut.clear();
+                    self.store_cut.clear();
+                    self.note("partitions heal".into());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn deploy(&mut self, i: usize) -> Result<(), String> {
+        let Some(sm) = self.hosts[i].sm.as_mut() else {
+            return Ok(());
+        };
+        match sm.create(&self.app.module, self.app.manifest.clone()) {
+            Ok(id) => {
+                let mut canary = [0u8; 32];
+                self.rng.fill_bytes(&mut canary);
+                self.secrets.push(canary);
+                self.enclaves.insert(
+                    id,
+                    Tracked {
+                        canary,
+                        initialized: false,
+                        max_released: 0,
+                    },
+                );
+                let host = self.hosts[i].id.clone();
+                self.note(format!("operator deploys {id} on {host}"));
+            }
+            Err(MonitorError::InstanceLimit { .. }) => self.summary.limit_refusals += 1,
+            Err(e) => return Err(format!("deploy on a live host failed: {e}")),
+        }
+        Ok(())
+    }
+
+    fn migrate(&mut self, i: usize, id: EnclaveId, j: usize) {
+        let to = self.hosts[j].id.clone();
+        let from = self.hosts[i].id.clone();
+        let Some(sm) = self.hosts[i].sm.as_mut() else {
+            return;
+        };
+        if let Ok(m) = sm.migrate(id, to.clone()) {
+            self.summary.migrations.0 += 1;
+            self.migrating.insert((i, self.hosts[i].boot, m), id);
+            self.note(format!("operator migrates {id}: {from} -> {to} ({m})"));
+        }
+    }
+
+    fn drain(&mut self, i: usize) {
+        let Some(sm) = self.hosts[i].sm.as_ref() else {
+            return;
+        };
+        let running: Vec<EnclaveId> = sm
+            .list()
+            .into_iter()
+            .filter(|e| e.state == EnclaveState::Running)
+            .map(|e| e.id)
+            .collect();
+        let others: Vec<usize> = (0..self.hosts.len()).filter(|&j| j != i).collect();
+        let host = self.hosts[i].id.clone();
+        self.note(format!(
+            "operator drains {host} ({} enclaves)",
+            running.len()
+        ));
+        for id in running {
+            if let Some(j) = self.pick(&others) {
+                self.migrate(i, id, j);
+            }
+        }
+    }
+
+    /// Starts a fresh instance of each enclave recorded lost, on the host holding its
+    /// sealed data, if that host is up.
+    fn adopt_lost(&mut self) -> Result<(), String> {
+        let lost: Vec<(EnclaveId, HostId)> = self
+            .ledger
+            .records()
+            .filter(|r| r.state == godwit_proto::RecordState::Lost)
+            .map(|r| (r.id, r.owner.clone()))
+            .collect();
+        for (id, owner) in lost {
+            let Some(i) = self.hosts.iter().position(|h| h.id == owner) else {
+                continue;
+            };
+            let Some(sm) = self.hosts[i].sm.as_mut() else {
+                continue;
+            };
+            if sm.info(id).is_ok() {
+                continue;
+            }
+            match sm.adopt(id, &self.app.module, self.app.manifest.clone()) {
+                Ok(()) => self.note(format!("operator adopts lost {id} on {owner}")),
+                Err(e) => self.note(format!("adoption of {id} on {owner} refused: {e}")),
+            }
+        }
+        Ok(())
+    }
+
+    fn partition(&mut self) {
+        let n = self.hosts.len();
+        let a = self.rng.random_range(0..n);
+        let b = self.rng.random_range(0..n);
+        if a != b {
+            self.cut.insert((a.min(b), a.max(b)));
+        }
+        if self.rng.random_bool(0.3) {
+            let c = self.rng.random_range(0..n);
+            self.store_cut.insert(c);
+        }
+        let what = format!(
+            "partition: links {:?}, cut from the store {:?}",
+            self.cut, self.store_cut
+        );
+        self.note(what);
+    }
+
+    fn heal(&mut self) {
+        self.chaos = false;
+        self.cut.clear();
+        self.store_cut.clear();
+        self.note("chaos ends: partitions heal, faults stop, hosts come back".into());
+    }
+
+    // ---- results -------------------------------------------------------------------------
+
+    fn released(
+        &mut self,
+        i: usize,
+        id: EnclaveId,
+        kind: CallKind,
+        bytes: &[u8],
+    ) -> Result<(), String> {
+        let host = self.hosts[i].id.clone();
+        let Some(t) = self.enclaves.get_mut(&id) else {
+            return Ok(());
+        };
+        match kind {
+            CallKind::Init => t.initialized = true,
+            CallKind::Tick => {
+                let n = u64::from_le_bytes(
+                    bytes
+                        .try_into()
+                        .map_err(|_| format!("tick of {id} returned {} bytes", bytes.len()))?,
+                );
+                if n <= t.max_released {
+                    return Err(format!(
+                        "{id} on {host} released tick {n} after {}: a counter went back or two copies ran",
+                        t.max_released
+                    ));
+                }
+                t.max_released = n;
+                self.summary.ticks += 1;
+            }
+            CallKind::Check => {
+                let (counter, sealed) = bytes.split_at(8.min(bytes.len()));
+                let counter = u64::from_le_bytes(
+                    counter
+                        .try_into()
+                        .map_err(|_| format!("check of {id} returned {} bytes", bytes.len()))?,
+                );
+                if counter < t.max_released {
+                    return Err(format!(
+                        "{id} on {host}: counter {counter} is behind the released tick {}",
+                        t.max_released
+                    ));
+                }
+                match sealed.len() {
+                    0 if t.max_released == 0 => {}
+                    40 => {
+                        let v = u64::from_le_bytes(sealed[..8].try_into().expect("8 bytes"));
+                        if v < t.max_released || v > counter + 1 {
+                            return Err(format!(
+                                "{id} on {host}: sealed value {v} against counter {counter} and released {}",
+                                t.max_released
+                            ));
+                        }
+                        if sealed[8..] != t.canary {
+                            return Err(format!("{id} on {host}: the sealed canary changed"));
+                        }
+                    }
+                    n => {
+                        return Err(format!(
+                            "{id} on {host}: {n} sealed bytes after released tick {}",
+                            t.max_released
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every host is up and its boot is in the ledger, nothing migrates, no result is
+    /// withheld.
+    fn quiescent(&self) -> bool {
+        self.migrating.is_empty()
+            && self.calls.is_empty()
+            && !self.any_registering()
+            && self.hosts.iter().all(|h| {
+                h.sm.as_ref().is_some_and(|sm| {
+                    sm.migrations_in_flight() == (0, 0)
+                        && self.ledger.boot_of(&h.id)
+                            == Some(&sm.hardware().boot_epoch().to_bytes())
+                })
+            })
+            && self
+                .ledger
+                .records()
+                .all(|r| !matches!(r.state, godwit_proto::RecordState::Migrating { .. }))
+    }
+
+    /// The liveness phase's verdict, then adoption of what was lost and a last check of
+    /// every enclave's state.
+    fn finish(&mut self) -> Result<(), String> {
+        if !self.quiescent() {
+            let busy: Vec<String> = self
+                .hosts
+                .iter()
+                .filter_map(|h| {
+                    let (o, i) = h.sm.as_ref()?.migrations_in_flight();
+                    (o + i > 0).then(|| format!("{}: {o} out, {i} in", h.id))
+                })
+                .collect();
+            let waiting: Vec<String> = self
+                .hosts
+                .iter()
+                .filter_map(|h| {
+                    let Some(sm) = &h.sm else {
+                        return Some(format!("{} is down", h.id));
+                    };
+                    if self.ledger.boot_of(&h.id) != Some(&sm.hardware().boot_epoch().to_bytes()) {
+                        return Some(format!("{}'s boot is not in the ledger", h.id));
+                    }
+                    let registering: Vec<String> = sm
+                        .list()
+                        .iter()
+                        .filter(|e| e.state == EnclaveState::Registering)
+                        .map(|e| e.id.to_string())
+                        .collect();
+                    (!registering.is_empty())
+                        .then(|| format!("{} still registers {registering:?}", h.id))
+                })
+                .collect();
+            return Err(format!(
+                "not resolved {} ms after healing: {waiting:?}, {} migrations awaited by the operator, {} calls withheld, SMs busy: {busy:?}, ledger records migrating: {:?}",
+                self.options.heal_ms,
+                self.migrating.len(),
+                self.calls.len(),
+                self.ledger
+                    .records()
+                    .filter_map(|r| match &r.state {
+                        godwit_proto::RecordState::Migrating { migration, to } => {
+                            Some(format!("{} {} -> {to} ({migration})", r.id, r.owner))
+                        }
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>()
+            ));
+        }
+        // Every record running has exactly one live copy, at its owner.
+        let records: Vec<(EnclaveId, HostId, godwit_proto::RecordState)> = self
+            .ledger
+            .records()
+            .map(|r| (r.id, r.owner.clone(), r.state.clone()))
+            .collect();
+        for (id, owner, state) in &records {
+            let running: Vec<HostId> = self
+                .hosts
+                .iter()
+                .filter(|h| {
+                    h.sm.as_ref()
+                        .and_then(|sm| sm.info(*id).ok())
+                        .is_some_and(|i| i.state == EnclaveState::Running)
+                })
+                .map(|h| h.id.clone())
+                .collect();
+            match state {
+                godwit_proto::RecordState::Running if running != [owner.clone()] => {
+                    return Err(format!(
+                        "{id} is recorded running at {owner} but runs at {running:?}"
+                    ));
+                }
+                godwit_proto::RecordState::Lost if !running.is_empty() => {
+                    return Err(format!("{id} is recorded lost but runs at {running:?}"));
+                }
+                _ => {}
+            }
+        }
+        // What was lost is adopted from its sealed data, which must be intact.
+        self.adopt_lost()?;
+        let limit = self.now + 30_000 * MS;
+        while self.now < limit && (!self.calls.is_empty() || self.any_registering()) {
+            self.drain_actions()?;
+            self.next_step(limit)?;
+            self.step += 1;
+            self.check_step()?;
+        }
+        self.drain_actions()?;
+        let lost_before = records
+            .iter()
+            .filter(|(_, _, s)| *s == godwit_proto::RecordState::Lost)
+            .count() as u64;
+        let ids: Vec<EnclaveId> = self.enclaves.keys().copied().collect();
+        for id in ids {
+            if let Some(i) = self.running_at(id) {
+                self.call(i, id, CallKind::Check, b"")?;
+            }
+        }
+        let limit = self.now + 30_000 * MS;
+        while self.now < limit && !self.calls.is_empty() {
+            self.drain_actions()?;
+            self.next_step(limit)?;
+            self.step += 1;
+            self.check_step()?;
+        }
+        self.summary.adopted = lost_before;
+        self.scan_disks()?;
+        Ok(())
+    }
+
+    fn any_registering(&self) -> bool {
+        self.hosts.iter().any(|h| {
+            h.sm.as_ref().is_some_and(|sm| {
+                sm.list()
+                    .iter()
+                    .any(|e| e.state == EnclaveState::Registering)
+            })
+        })
+    }
+}
+
+fn op_name(op: &LedgerOp) -> &'static str {
+    match op {
+        LedgerOp::Register { .. } => "REGISTER",
+        LedgerOp::Begin { .. } => "BEGIN",
+        LedgerOp::Commit { .. } => "COMMIT",
+        LedgerOp::Abort { .. } => "ABORT",
+        LedgerOp::Destroy { .. } => "DESTROY",
+        LedgerOp::Update { .. } => "UPDATE",
+        LedgerOp::HostBooted { .. } => "HOST-BOOTED",
+        LedgerOp::HostLeft { .. } => "HOST-LEFT",
+        LedgerOp::Adopt { .. } => "ADOPT",
+    }
+}
