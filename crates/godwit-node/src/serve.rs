@@ -349,7 +349,11 @@ pub(crate) fn status(inner: &Arc<Inner>) -> Value {
         .current_members()
         .into_iter()
         .map(|(node_id, host, addr, voter)| {
+            let boot = inner
+                .ledger
+                .read(|d| d.ledger.boot_of(&host).map(godwit_hw::BootEpoch::count_of));
             json!({
+                "boot": boot,
                 "id": host.to_string(),
                 "addr": addr,
                 "node_id": node_id,
@@ -383,7 +387,7 @@ pub(crate) fn status(inner: &Arc<Inner>) -> Value {
             .map(|((app, host), n)| json!({ "app": app, "host": host.to_string(), "instances": n }))
             .collect()
     });
-    json!({ "self": inner.cfg.id.to_string(), "hosts": hosts, "enclaves": enclaves, "local": local, "instances": counts })
+    json!({ "self": inner.cfg.id.to_string(), "boot": inner.hw.boot_epoch().count(), "hosts": hosts, "enclaves": enclaves, "local": local, "instances": counts })
 }
 
 /// Migrates every enclave of this host away, trying peers in turn for each.

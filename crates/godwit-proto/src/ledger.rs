@@ -401,7 +401,6 @@ impl Ledger {
     }
 
     /// Whether the SM that owns `r` has restarted since it took ownership.
-
     fn owner_restarted(&self, r: &EnclaveRecord) -> bool {
         self.boots.get(&r.owner).is_some_and(|b| *b != r.owner_boot)
     }

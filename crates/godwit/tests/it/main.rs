@@ -1,6 +1,7 @@
 //! End-to-end tests of the `godwit` binary.
 
 mod bench;
+mod chaos;
 mod cluster;
 mod demo;
 mod recovery;

@@ -1,73 +1,8 @@
 //! Crash recovery with real processes: SIGKILL at the moments that break naive designs.
 
-use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use serde_json::Value;
-
 use crate::support::*;
-
-/// Hosts (1-based) whose local SM runs `id`.
-fn running_on(p: &Processes, id: &str, hosts: &[usize]) -> Vec<usize> {
-    hosts
-        .iter()
-        .copied()
-        .filter(|&k| {
-            p.status(k).is_some_and(|s| {
-                s["local"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .any(|e| e["id"] == id && e["state"] == "running")
-            })
-        })
-        .collect()
-}
-
-fn record(p: &Processes, k: usize, id: &str) -> Option<Value> {
-    p.status(k)?["enclaves"]
-        .as_array()?
-        .iter()
-        .find(|e| e["id"] == id)
-        .cloned()
-}
-
-fn leader(p: &Processes, k: usize) -> usize {
-    let s = p.status(k).unwrap();
-    let id = s["hosts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|h| h["leader"] == true)
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    id.trim_start_matches("host").parse().unwrap()
-}
-
-fn migrate_in_background(p: &Processes, from: usize, id: &str, to: usize) -> Child {
-    godwit()
-        .args(["migrate", "--config"])
-        .arg(p.config(from))
-        .args([id, "--to", &format!("host{to}"), "--json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-fn wait_child(mut c: Child, limit: Duration) -> bool {
-    let mut ok = None;
-    poll(limit, "migrate to return", || match c.try_wait().unwrap() {
-        Some(s) => {
-            ok = Some(s.success());
-            true
-        }
-        None => false,
-    });
-    ok.unwrap()
-}
 
 fn ballast(p: &Processes, k: usize, mib: u32) -> (String, String) {
     let id = p.deploy(k, "ballast");

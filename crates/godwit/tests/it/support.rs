@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
+
 pub fn godwit() -> Command {
     Command::new(env!("CARGO_BIN_EXE_godwit"))
 }
@@ -173,12 +175,84 @@ impl Drop for Processes {
     }
 }
 
+/// Hosts (1-based) whose local SM runs `id`.
+pub fn running_on(p: &Processes, id: &str, hosts: &[usize]) -> Vec<usize> {
+    hosts
+        .iter()
+        .copied()
+        .filter(|&k| {
+            p.status(k).is_some_and(|s| {
+                s["local"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|e| e["id"] == id && e["state"] == "running")
+            })
+        })
+        .collect()
+}
+
+pub fn record(p: &Processes, k: usize, id: &str) -> Option<Value> {
+    p.status(k)?["enclaves"]
+        .as_array()?
+        .iter()
+        .find(|e| e["id"] == id)
+        .cloned()
+}
+
+pub fn leader(p: &Processes, k: usize) -> usize {
+    let s = p.status(k).unwrap();
+    let id = s["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["leader"] == true)
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    id.trim_start_matches("host").parse().unwrap()
+}
+
+/// Starts `godwit migrate` against host `from` without waiting for it.
+pub fn migrate_in_background(p: &Processes, from: usize, id: &str, to: usize) -> Child {
+    godwit()
+        .args(["migrate", "--config"])
+        .arg(p.config(from))
+        .args([id, "--to", &format!("host{to}"), "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits (bounded) for a CLI started in the background; whether it succeeded.
+pub fn wait_child(mut c: Child, limit: Duration) -> bool {
+    let mut ok = None;
+    poll(limit, "migrate to return", || match c.try_wait().unwrap() {
+        Some(s) => {
+            ok = Some(s.success());
+            true
+        }
+        None => false,
+    });
+    ok.unwrap()
+}
+
 /// Polls `cond` until it holds, failing the test after `limit`.
-pub fn poll(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+pub fn poll(limit: Duration, what: &str, cond: impl FnMut() -> bool) {
+    assert!(poll_until(limit, cond), "timed out waiting for {what}");
+}
+
+/// Polls `cond` until it holds or `limit` passes; whether it held.
+pub fn poll_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     #[allow(clippy::disallowed_methods)] // the test harness is the host side
     let start = Instant::now();
     while !cond() {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        if start.elapsed() >= limit {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
+    true
 }
