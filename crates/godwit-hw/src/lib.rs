@@ -19,6 +19,7 @@
 mod cert;
 mod identity;
 mod kdf;
+mod nv;
 mod sim;
 mod soft;
 mod time;
@@ -31,6 +32,7 @@ pub use cert::{
 };
 pub use ed25519_dalek::{Signature as AttestationSignature, VerifyingKey};
 pub use identity::{DeviceIdentity, IdentityError, Manufacturer, advance_boot_count};
+pub use nv::{NvCounter, NvError};
 pub use sim::{SimClock, SimHardware};
 pub use soft::SoftHardware;
 pub use time::{BootEpoch, TimeError, TrustedInstant};
@@ -57,6 +59,9 @@ pub trait Hardware: Send + Sync + 'static {
     /// The sealing key for an enclave: KDF(device secret, SM measurement, enclave
     /// measurement).
     fn sealing_key(&self, enclave: &Measurement) -> SealingKey;
+    /// The component's non-volatile monotonic counter (e.g. a TPM NV counter), which the
+    /// SM uses to tell its files on the host's disk from older copies of them.
+    fn nv_counter(&self) -> &NvCounter;
     /// Fills `out` from the component's random source.
     fn fill_random(&self, out: &mut [u8]);
 }

@@ -9,7 +9,9 @@ use godwit_wire::{HostId, Measurement};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{Rng, SeedableRng};
 
-use crate::{BootEpoch, BootedSm, CertChain, DeviceIdentity, Hardware, SealingKey, TrustedInstant};
+use crate::{
+    BootEpoch, BootedSm, CertChain, DeviceIdentity, Hardware, NvCounter, SealingKey, TrustedInstant,
+};
 
 /// Advances one [`SimHardware`]'s trusted timer. Held by the test or simulator, never by
 /// simulated host code, which therefore cannot move trusted time.
@@ -35,6 +37,7 @@ pub struct SimHardware {
     sm: BootedSm,
     clock: Arc<AtomicU64>,
     rng: Mutex<ChaCha20Rng>,
+    nv: NvCounter,
 }
 
 impl SimHardware {
@@ -63,8 +66,15 @@ impl SimHardware {
             sm: BootedSm::boot(identity, sm_measurement, BootEpoch::new(count, random)),
             clock: Arc::clone(&clock),
             rng: Mutex::new(rng),
+            nv: NvCounter::volatile(),
         };
         (hw, SimClock(clock))
+    }
+
+    /// The component with `nv` as its monotonic counter (a simulated reboot keeps it).
+    pub fn with_nv_counter(mut self, nv: NvCounter) -> Self {
+        self.nv = nv;
+        self
     }
 }
 
@@ -95,6 +105,10 @@ impl Hardware for SimHardware {
 
     fn sealing_key(&self, enclave: &Measurement) -> SealingKey {
         self.sm.sealing_key(enclave)
+    }
+
+    fn nv_counter(&self) -> &NvCounter {
+        &self.nv
     }
 
     fn fill_random(&self, out: &mut [u8]) {

@@ -5,7 +5,9 @@ use std::time::Instant;
 use ed25519_dalek::Signature;
 use godwit_wire::{HostId, Measurement};
 
-use crate::{BootEpoch, BootedSm, CertChain, DeviceIdentity, Hardware, SealingKey, TrustedInstant};
+use crate::{
+    BootEpoch, BootedSm, CertChain, DeviceIdentity, Hardware, NvCounter, SealingKey, TrustedInstant,
+};
 
 /// The emulated hardware component of a real host.
 ///
@@ -15,6 +17,7 @@ use crate::{BootEpoch, BootedSm, CertChain, DeviceIdentity, Hardware, SealingKey
 pub struct SoftHardware {
     sm: BootedSm,
     start: Instant,
+    nv: NvCounter,
 }
 
 impl SoftHardware {
@@ -32,7 +35,14 @@ impl SoftHardware {
             sm: BootedSm::boot(identity, sm_measurement, BootEpoch::new(count, random)),
             #[allow(clippy::disallowed_methods)] // the hardware timer itself
             start: Instant::now(),
+            nv: NvCounter::volatile(),
         }
+    }
+
+    /// The component with `nv` as its monotonic counter (see [`NvCounter::open`]).
+    pub fn with_nv_counter(mut self, nv: NvCounter) -> Self {
+        self.nv = nv;
+        self
     }
 }
 
@@ -64,6 +74,10 @@ impl Hardware for SoftHardware {
 
     fn sealing_key(&self, enclave: &Measurement) -> SealingKey {
         self.sm.sealing_key(enclave)
+    }
+
+    fn nv_counter(&self) -> &NvCounter {
+        &self.nv
     }
 
     fn fill_random(&self, out: &mut [u8]) {

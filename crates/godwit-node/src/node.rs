@@ -583,15 +583,23 @@ fn open_store(
     let path = cfg.store_path();
     match godwit_store::open(&path, Sealer::new(Arc::clone(hw))) {
         Ok((log, sm)) => Ok((log, sm, false)),
-        Err(godwit_store::OpenError::Corrupt(c)) => {
+        Err(
+            e @ (godwit_store::OpenError::Corrupt(_) | godwit_store::OpenError::RolledBack { .. }),
+        ) => {
+            let kind = match e {
+                godwit_store::OpenError::Corrupt(_) => "corrupt",
+                _ => "stale",
+            };
             let aside = (1u32..)
-                .map(|n| path.with_extension(format!("redb.corrupt-{n}")))
+                .map(|n| path.with_extension(format!("redb.{kind}-{n}")))
                 .find(|p| !p.exists())
                 .expect("some name is free");
-            tracing::error!(%c, aside = %aside.display(), "store corrupted: kept aside; rejoining from peers with an empty store");
-            std::fs::rename(&path, &aside)
-                .map_err(|e| NodeError::Start(format!("{}: {e}", path.display())))?;
-            let (log, sm) = godwit_store::open(&path, Sealer::new(Arc::clone(hw)))?;
+            tracing::error!(error = %e, aside = %aside.display(), "store {}: kept aside; rejoining from peers with an empty store", if kind == "corrupt" { "corrupted" } else { "rolled back" });
+            if path.exists() {
+                std::fs::rename(&path, &aside)
+                    .map_err(|e| NodeError::Start(format!("{}: {e}", path.display())))?;
+            }
+            let (log, sm) = godwit_store::open_empty(&path, Sealer::new(Arc::clone(hw)))?;
             Ok((log, sm, true))
         }
         Err(e) => Err(e.into()),
@@ -617,11 +625,10 @@ impl Node {
             });
         }
         let boots = godwit_hw::advance_boot_count(&cfg.identity_dir())?;
-        let hw: Arc<dyn Hardware> = Arc::new(SoftHardware::boot_counted(
-            identity,
-            sm_measurement(),
-            boots,
-        ));
+        let nv = godwit_hw::NvCounter::open(&cfg.identity_dir())?;
+        let hw: Arc<dyn Hardware> = Arc::new(
+            SoftHardware::boot_counted(identity, sm_measurement(), boots).with_nv_counter(nv),
+        );
         let blobs = DirBlobStore::open(&cfg.blob_dir())
             .map_err(|e| NodeError::Start(format!("blob directory: {e}")))?;
         let policy = cfg

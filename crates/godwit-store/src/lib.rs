@@ -41,7 +41,19 @@ pub type Raft = openraft::Raft<TypeConfig>;
 /// Opens a member's storage at `path`: the log store and the state machine. Fails if any
 /// stored item does not authenticate under this SM's key.
 pub fn open(path: &std::path::Path, sealer: Sealer) -> Result<(LogStore, StateMachine), OpenError> {
-    let st: Arc<Storage> = Storage::open(path, sealer)?;
+    members_of(Storage::open(path, sealer)?)
+}
+
+/// As [`open`], for a member that starts over with an empty store and rejoins from its
+/// peers (its previous file was refused).
+pub fn open_empty(
+    path: &std::path::Path,
+    sealer: Sealer,
+) -> Result<(LogStore, StateMachine), OpenError> {
+    members_of(Storage::open_empty(path, sealer)?)
+}
+
+fn members_of(st: Arc<Storage>) -> Result<(LogStore, StateMachine), OpenError> {
     let sm = StateMachine::open(Arc::clone(&st)).map_err(|e| {
         OpenError::Corrupt(Corrupt {
             what: format!("snapshot: {e}"),

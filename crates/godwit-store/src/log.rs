@@ -145,7 +145,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 table.insert(index, sealed.as_slice()).map_err(write_err)?;
             }
         }
-        tx.commit().map_err(write_err)?;
+        self.st.commit_durable(tx).map_err(write_err)?;
         callback.log_io_completed(Ok(()));
         Ok(())
     }
@@ -158,7 +158,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .retain_in(log_id.index.., |_, _| false)
                 .map_err(write_err)?;
         }
-        tx.commit().map_err(write_err)
+        self.st.commit_durable(tx).map_err(write_err)
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<()> {
@@ -172,7 +172,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .retain_in(..=log_id.index, |_, _| false)
                 .map_err(write_err)?;
         }
-        tx.commit().map_err(write_err)
+        self.st.commit_durable(tx).map_err(write_err)
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {

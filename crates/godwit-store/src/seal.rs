@@ -39,6 +39,11 @@ impl Sealer {
         Self { key, hw }
     }
 
+    /// The component whose key this is.
+    pub(crate) fn hardware(&self) -> &Arc<dyn Hardware> {
+        &self.hw
+    }
+
     /// `nonce ‖ ciphertext ‖ tag` of `value`, bound to `label`.
     pub fn seal(&self, label: &[u8], value: &[u8]) -> Vec<u8> {
         let mut nonce = [0u8; NONCE_LEN];

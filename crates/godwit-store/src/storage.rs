@@ -2,8 +2,9 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
 use crate::seal::{Corrupt, Sealer};
 
@@ -15,6 +16,8 @@ pub(crate) const VOTE: &str = "vote";
 pub(crate) const COMMITTED: &str = "committed";
 pub(crate) const PURGED: &str = "purged";
 pub(crate) const SNAPSHOT: &str = "snapshot";
+/// The number of the last durable write, matched against the component's counter.
+pub(crate) const GENERATION: &str = "generation";
 
 /// Why the store's files could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +29,20 @@ pub enum OpenError {
     /// An item failed authentication: the host's copy is corrupted or not this SM's.
     #[error(transparent)]
     Corrupt(#[from] Corrupt),
+    /// Every item authenticates, but the file is older than this SM's last durable write:
+    /// the host handed back an older copy (or removed the file).
+    #[error(
+        "the store file is older than this SM's last write (write {found}, the component's counter says {expected}): an older copy was handed back"
+    )]
+    RolledBack {
+        /// The last write the file holds (0: none).
+        found: u64,
+        /// The last write the component's counter recorded.
+        expected: u64,
+    },
+    /// The component's monotonic counter could not be written.
+    #[error(transparent)]
+    Counter(#[from] godwit_hw::NvError),
 }
 
 pub(crate) fn log_label(index: u64) -> Vec<u8> {
@@ -35,9 +52,16 @@ pub(crate) fn log_label(index: u64) -> Vec<u8> {
 }
 
 /// The database and the sealer, shared by the log store and the state machine.
+///
+/// Freshness: every durable write carries the next write number (the sealed
+/// [`GENERATION`] item) and moves the hardware's monotonic counter to it before it is
+/// acknowledged. A file whose last write number is below the counter is an older copy, and
+/// is refused ([`OpenError::RolledBack`]); one above it is a write that completed just
+/// before a crash and was never acknowledged.
 pub struct Storage {
     pub(crate) db: Database,
     pub(crate) sealer: Sealer,
+    generation: AtomicU64,
 }
 
 fn db_err(e: impl std::fmt::Display) -> OpenError {
@@ -45,9 +69,21 @@ fn db_err(e: impl std::fmt::Display) -> OpenError {
 }
 
 impl Storage {
-    /// Opens (or creates) the store at `path`, checking that every item authenticates: a
-    /// member never runs on state it cannot verify.
+    /// Opens (or creates) the store at `path`, checking that every item authenticates and
+    /// that the file is not older than this SM's last durable write: a member never runs on
+    /// state it cannot verify. An empty store is refused as rolled back once this component
+    /// has written one (see [`Storage::open_empty`]).
     pub fn open(path: &Path, sealer: Sealer) -> Result<Arc<Self>, OpenError> {
+        Self::open_with(path, sealer, false)
+    }
+
+    /// As [`Storage::open`], accepting an empty store whatever the component's counter
+    /// says: for a member that starts over and rejoins from its peers.
+    pub fn open_empty(path: &Path, sealer: Sealer) -> Result<Arc<Self>, OpenError> {
+        Self::open_with(path, sealer, true)
+    }
+
+    fn open_with(path: &Path, sealer: Sealer, empty_ok: bool) -> Result<Arc<Self>, OpenError> {
         let db = Database::create(path).map_err(db_err)?;
         {
             let tx = db.begin_write().map_err(db_err)?;
@@ -55,15 +91,30 @@ impl Storage {
             tx.open_table(META).map_err(db_err)?;
             tx.commit().map_err(db_err)?;
         }
-        let st = Self { db, sealer };
-        st.verify()?;
+        let st = Self {
+            db,
+            sealer,
+            generation: AtomicU64::new(0),
+        };
+        let (items, found) = st.verify()?;
+        let counter = st.sealer.hardware().nv_counter();
+        let expected = counter.get();
+        if found < expected && !(items == 0 && empty_ok) {
+            return Err(OpenError::RolledBack { found, expected });
+        }
+        counter.advance(found)?;
+        st.generation.store(found.max(expected), Ordering::SeqCst);
         Ok(Arc::new(st))
     }
 
-    fn verify(&self) -> Result<(), OpenError> {
+    /// Authenticates every item; the number of items and the last write number.
+    fn verify(&self) -> Result<(usize, u64), OpenError> {
+        let mut items = 0;
+        let mut generation = 0;
         let tx = self.db.begin_read().map_err(db_err)?;
         let logs = tx.open_table(LOGS).map_err(db_err)?;
         for item in logs.iter().map_err(db_err)? {
+            items += 1;
             let (k, v) = item.map_err(db_err)?;
             let index = k.value();
             self.sealer.open(&log_label(index), v.value(), || {
@@ -74,10 +125,40 @@ impl Storage {
         for item in meta.iter().map_err(db_err)? {
             let (k, v) = item.map_err(db_err)?;
             let key = k.value().to_owned();
-            self.sealer
+            let value = self
+                .sealer
                 .open(key.as_bytes(), v.value(), || key.clone())?;
+            items += 1;
+            if key == GENERATION {
+                generation = value
+                    .try_into()
+                    .map(u64::from_be_bytes)
+                    .map_err(|_| Corrupt {
+                        what: "write number".into(),
+                    })?;
+            }
         }
-        Ok(())
+        Ok((items, generation))
+    }
+
+    /// Commits a durable write: stamps it with the next write number, and moves the
+    /// hardware's counter to that number before returning (so before the write is
+    /// acknowledged). Write transactions are serialised by the database, so numbers follow
+    /// commit order.
+    pub(crate) fn commit_durable(&self, tx: WriteTransaction) -> Result<(), String> {
+        let n = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        let sealed = self.sealer.seal(GENERATION.as_bytes(), &n.to_be_bytes());
+        {
+            let mut meta = tx.open_table(META).map_err(|e| e.to_string())?;
+            meta.insert(GENERATION, sealed.as_slice())
+                .map_err(|e| e.to_string())?;
+        }
+        tx.commit().map_err(|e| e.to_string())?;
+        self.sealer
+            .hardware()
+            .nv_counter()
+            .advance(n)
+            .map_err(|e| e.to_string())
     }
 
     /// Reads and opens a meta item.
@@ -116,6 +197,10 @@ impl Storage {
                 .insert(key, sealed.as_slice())
                 .map_err(|e| e.to_string())?;
         }
-        tx.commit().map_err(|e| e.to_string())
+        if matches!(durability, redb::Durability::Immediate) {
+            self.commit_durable(tx)
+        } else {
+            tx.commit().map_err(|e| e.to_string())
+        }
     }
 }
