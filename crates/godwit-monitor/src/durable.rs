@@ -189,6 +189,7 @@ impl Monitor {
     pub(crate) fn booted(&mut self, reply: StoreReply) {
         match reply {
             StoreReply::Outcome(_) => {
+                self.boot_recorded = true;
                 tracing::info!(boot = %self.hw.boot_epoch(), "boot epoch recorded")
             }
             StoreReply::Unavailable(why) => {

@@ -336,6 +336,8 @@ pub struct Monitor {
     /// Store writes to ask again once the store had time to recover (trusted time).
     retries: Vec<(godwit_hw::TrustedInstant, Pending, LedgerOp)>,
     actions: VecDeque<Action>,
+    /// Whether the ledger has recorded this boot: until then the SM receives no enclave.
+    boot_recorded: bool,
 }
 
 impl Monitor {
@@ -360,6 +362,7 @@ impl Monitor {
             next_call: 0,
             retries: Vec::new(),
             actions: VecDeque::new(),
+            boot_recorded: false,
         };
         // First thing a new boot does: tell the ledger, so that what this host ran under
         // an earlier boot is recorded lost rather than believed running.

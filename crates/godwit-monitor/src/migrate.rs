@@ -347,6 +347,9 @@ impl Monitor {
         if !p.manifest.migratable {
             return Err(RefuseReason::NotMigratable);
         }
+        if !self.boot_recorded {
+            return Err(RefuseReason::Starting);
+        }
         if self.migrations.inc.contains_key(&p.migration) {
             return invalid("a migration with this id is already under way");
         }

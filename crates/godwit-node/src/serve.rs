@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use godwit_monitor::{CallOutcome, EnclaveState, Event, MigrationReport, MonitorError};
-use godwit_proto::AbortReason;
+use godwit_proto::{AbortReason, RefuseReason};
 use godwit_wire::{EnclaveId, HostId, Manifest};
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
@@ -313,17 +313,45 @@ pub(crate) async fn run_migration(
     to: HostId,
     mut progress: Option<&mut OwnedWriteHalf>,
 ) -> Result<MigrationReport, Response> {
+    // A receiver that has just started takes part once the ledger recorded its boot:
+    // nothing was paused, so asking again is free (bounded: 40 × 250 ms).
+    let mut attempts = 40;
+    loop {
+        match migrate_once(inner, id, to.clone(), progress.as_deref_mut()).await {
+            Err(Some(AbortReason::Refused(RefuseReason::Starting))) if attempts > 1 => {
+                attempts -= 1;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(Some(reason)) => return Err(abort_err(&reason)),
+            Err(None) => return Err(err("shutdown", "node shutting down")),
+            Ok(Err(refused)) => return Err(refused),
+            Ok(Ok(report)) => return Ok(report),
+        }
+    }
+}
+
+/// One attempt: `Err(Some(reason))` when the migration aborted, `Err(None)` at shutdown,
+/// `Ok(Err(_))` when the SM refused to start it.
+async fn migrate_once(
+    inner: &Arc<Inner>,
+    id: EnclaveId,
+    to: HostId,
+    mut progress: Option<&mut OwnedWriteHalf>,
+) -> Result<Result<MigrationReport, Response>, Option<AbortReason>> {
     let mut events = inner.events.subscribe();
-    let migration = inner.with(|m| m.migrate(id, to)).map_err(monitor_err)?;
+    let migration = match inner.with(|m| m.migrate(id, to)) {
+        Ok(m) => m,
+        Err(e) => return Ok(Err(monitor_err(e))),
+    };
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         tokio::select! {
             e = events.recv() => match e {
                 Ok(Event::MigrationFinished { migration: m, outcome, .. }) if m == migration => {
-                    return outcome.map_err(|r| abort_err(&r));
+                    return outcome.map(Ok).map_err(Some);
                 }
                 Ok(_) | Err(RecvError::Lagged(_)) => {}
-                Err(RecvError::Closed) => return Err(err("shutdown", "node shutting down")),
+                Err(RecvError::Closed) => return Err(None),
             },
             _ = tick.tick() => {
                 if let (Some(w), Some((sent, total))) = (progress.as_deref_mut(), inner.with(|m| m.migration_progress(migration))) {

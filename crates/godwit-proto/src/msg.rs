@@ -211,6 +211,10 @@ pub enum RefuseReason {
     AlreadyPresent,
     /// The PREPARE is inconsistent (sizes over limits, manifest invalid).
     Invalid(String),
+    /// The receiver's SM has just started and the ledger has not recorded its boot yet:
+    /// it takes part in migrations only after that (so that the announcement of a later
+    /// restart can settle every migration this boot took part in).
+    Starting,
 }
 
 impl RefuseReason {
@@ -222,6 +226,7 @@ impl RefuseReason {
             Self::TooLarge { .. } => "too_large",
             Self::AlreadyPresent => "already_present",
             Self::Invalid(_) => "invalid_prepare",
+            Self::Starting => "receiver_starting",
         }
     }
 }
@@ -242,6 +247,9 @@ impl fmt::Display for RefuseReason {
             }
             Self::AlreadyPresent => f.write_str("the receiver already holds this enclave"),
             Self::Invalid(why) => write!(f, "invalid PREPARE: {why}"),
+            Self::Starting => f.write_str(
+                "the receiver has just started and its boot is not recorded yet; try again shortly",
+            ),
         }
     }
 }

@@ -135,6 +135,34 @@ fn refused_at_ready_when_the_destination_is_at_its_limit() {
 }
 
 #[test]
+fn refused_at_ready_while_the_destination_boot_is_not_recorded() {
+    let mut w = World::new(&["a", "b"]);
+    let id = w.deploy("a", COUNTER);
+    // b restarts, and the ledger cannot record its new boot yet.
+    w.store_up = Box::new(|host, op| {
+        !(host.as_str() == "b" && matches!(op, godwit_proto::LedgerOp::HostBooted { .. }))
+    });
+    w.reboot("b");
+    w.settle();
+    w.sm("a").migrate(id, h("b")).unwrap();
+    let err = w.finish_migration("a").unwrap_err();
+    assert_eq!(err, AbortReason::Refused(RefuseReason::Starting));
+    assert_eq!(err.code(), "receiver_starting");
+    assert_eq!(w.sm("a").info(id).unwrap().state, EnclaveState::Running);
+    // Once the boot is recorded, b receives.
+    w.store_up = Box::new(|_, _| true);
+    assert!(w.run_until(std::time::Duration::from_secs(30), |w| {
+        w.ledger
+            .boot_of(&h("b"))
+            .is_some_and(|b| godwit_hw::BootEpoch::count_of(b) == 2)
+    }));
+    w.settle();
+    w.sm("a").migrate(id, h("b")).unwrap();
+    w.finish_migration("a").unwrap();
+    w.check();
+}
+
+#[test]
 fn refused_at_ready_when_too_large_for_the_destination() {
     let mut w = World::with(&["a", "b"], TimeoutConfig::default(), 3 << 20);
     let id = w.deploy("a", BALLAST);

@@ -4,5 +4,6 @@ mod bench;
 mod chaos;
 mod cluster;
 mod demo;
+mod hostile;
 mod recovery;
 mod support;

@@ -154,6 +154,7 @@ fn a_member_with_a_corrupted_store_rejoins_from_its_peers() {
     poll(Duration::from_secs(60), "host3 to rejoin", || {
         record(&p, 3, &id).is_some()
     });
+    p.wait_boot_recorded(3);
     assert!(p.dir.path().join("c/host3/store.redb.corrupt-1").exists());
     let log = std::fs::read_to_string(p.dir.path().join("host3.log")).unwrap();
     assert!(log.contains("store corrupted"), "{log}");

@@ -25,6 +25,16 @@ pub struct Processes {
 impl Processes {
     /// Lays out `hosts` hosts with `godwit cluster init` and starts them all.
     pub fn start(hosts: usize) -> Self {
+        let mut p = Self::laid_out(hosts);
+        for k in 1..=hosts {
+            p.spawn(k);
+        }
+        p.wait_ready(hosts);
+        p
+    }
+
+    /// Lays out `hosts` hosts with `godwit cluster init`, starting none.
+    pub fn laid_out(hosts: usize) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let base = godwit_node::cluster::free_base_port(hosts).expect("free ports");
         let out = godwit()
@@ -43,15 +53,10 @@ impl Processes {
             "cluster init: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let mut p = Self {
+        Self {
             dir,
             children: (0..hosts).map(|_| None).collect(),
-        };
-        for k in 1..=hosts {
-            p.spawn(k);
         }
-        p.wait_ready(hosts);
-        p
     }
 
     pub fn config(&self, k: usize) -> PathBuf {
@@ -134,6 +139,21 @@ impl Processes {
                             .iter()
                             .any(|h| h["leader"] == true)
                 })
+            })
+        });
+    }
+
+    /// Polls until host `k`'s boot is recorded in its view of the ledger: from then on it
+    /// receives enclaves (bounded).
+    pub fn wait_boot_recorded(&self, k: usize) {
+        poll(Duration::from_secs(60), "the boot to be recorded", || {
+            self.status(k).is_some_and(|s| {
+                let me = s["self"].clone();
+                s["hosts"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|h| h["id"] == me && h["boot"] == s["boot"])
             })
         });
     }
