@@ -843,16 +843,20 @@ mod tests {
     const BOOT_B: Boot = [0xb; 16];
     const APP: Measurement = Measurement([3; 32]);
 
-    fn registered() -> Ledger {
-        let mut l = Ledger::new();
+    fn announce(l: &mut Ledger, host: &str, boot: Boot) -> LedgerOutcome {
         l.apply(&LedgerOp::HostBooted {
-            host: h("a"),
-            boot: BOOT_A,
-        });
-        l.apply(&LedgerOp::HostBooted {
-            host: h("b"),
-            boot: BOOT_B,
-        });
+            host: h(host),
+            boot,
+        })
+    }
+    /// The `count`th boot of a component, with `random` as its random part.
+    fn counted(count: u64, random: u8) -> Boot {
+        let mut b = [random; 16];
+        b[..8].copy_from_slice(&count.to_be_bytes());
+        b
+    }
+    /// E, registered by a's SM.
+    fn register_e(l: &mut Ledger) {
         let out = l.apply(&LedgerOp::Register {
             id: E,
             app: APP,
@@ -862,6 +866,13 @@ mod tests {
             max_instances_cluster: None,
         });
         assert!(matches!(out, LedgerOutcome::Applied(Some(_))));
+    }
+    /// a and b booted, and E registered at a.
+    fn registered() -> Ledger {
+        let mut l = Ledger::new();
+        announce(&mut l, "a", BOOT_A);
+        announce(&mut l, "b", BOOT_B);
+        register_e(&mut l);
         l
     }
 
@@ -905,6 +916,21 @@ mod tests {
             by: h(by),
         })
     }
+    /// M1 was aborted for good: a COMMIT is refused, naming the abort.
+    fn assert_commit_refused(l: &mut Ledger) {
+        assert!(matches!(
+            commit(l, 0, M1),
+            LedgerOutcome::Refused {
+                reason: LedgerRefusal::AlreadyDecided(Decision::Aborted),
+                ..
+            }
+        ));
+    }
+    /// M1's abort, repeated by `by`, is answered as applied (a party whose reply was lost
+    /// learns the decision).
+    fn assert_abort_applies(l: &mut Ledger, by: &str) {
+        assert!(matches!(abort(l, 0, M1, by), LedgerOutcome::Applied(_)));
+    }
     fn state(l: &Ledger) -> (String, u64, RecordState) {
         let r = l.get(&E).unwrap();
         (r.owner.to_string(), r.epoch, r.state.clone())
@@ -934,66 +960,34 @@ mod tests {
     fn abort_first_refuses_the_commit() {
         let mut l = registered();
         begin(&mut l, 0, M1);
-        assert!(matches!(
-            abort(&mut l, 0, M1, "b"),
-            LedgerOutcome::Applied(_)
-        ));
+        assert_abort_applies(&mut l, "b");
         assert_eq!(state(&l), ("a".into(), 1, RecordState::Running));
-        assert!(matches!(
-            commit(&mut l, 0, M1),
-            LedgerOutcome::Refused {
-                reason: LedgerRefusal::AlreadyDecided(Decision::Aborted),
-                ..
-            }
-        ));
+        assert_commit_refused(&mut l);
     }
 
     #[test]
     fn a_receiver_restart_aborts_the_migrations_to_it() {
         let mut l = registered();
         begin(&mut l, 0, M1);
-        let announce = |l: &mut Ledger, boot| l.apply(&LedgerOp::HostBooted { host: h("b"), boot });
         // The receiver's first announcement of a boot it already announced changes nothing.
-        announce(&mut l, BOOT_B);
+        announce(&mut l, "b", BOOT_B);
         assert!(matches!(state(&l).2, RecordState::Migrating { .. }));
-        announce(&mut l, [0xbb; 16]);
+        announce(&mut l, "b", [0xbb; 16]);
         assert_eq!(state(&l), ("a".into(), 1, RecordState::Running));
         // A COMMIT from the receiver's previous boot, still on its way, is refused.
-        assert!(matches!(
-            commit(&mut l, 0, M1),
-            LedgerOutcome::Refused {
-                reason: LedgerRefusal::AlreadyDecided(Decision::Aborted),
-                ..
-            }
-        ));
+        assert_commit_refused(&mut l);
         // The paused sender's ABORT is answered as applied: it resumes.
-        assert!(matches!(
-            abort(&mut l, 0, M1, "a"),
-            LedgerOutcome::Applied(_)
-        ));
+        assert_abort_applies(&mut l, "a");
     }
 
     #[test]
     fn a_receivers_first_announcement_during_a_migration_is_not_a_restart() {
         let mut l = Ledger::new();
-        l.apply(&LedgerOp::HostBooted {
-            host: h("a"),
-            boot: BOOT_A,
-        });
-        l.apply(&LedgerOp::Register {
-            id: E,
-            app: APP,
-            app_name: "app".into(),
-            owner: h("a"),
-            boot: BOOT_A,
-            max_instances_cluster: None,
-        });
+        announce(&mut l, "a", BOOT_A);
+        register_e(&mut l);
         begin(&mut l, 0, M1);
         // b's boot is announced only now, behind the migration it takes part in.
-        l.apply(&LedgerOp::HostBooted {
-            host: h("b"),
-            boot: BOOT_B,
-        });
+        announce(&mut l, "b", BOOT_B);
         assert!(matches!(state(&l).2, RecordState::Migrating { .. }));
         assert!(matches!(commit(&mut l, 0, M1), LedgerOutcome::Applied(_)));
     }
@@ -1001,11 +995,7 @@ mod tests {
     #[test]
     fn a_registration_from_a_boot_not_yet_announced_is_accepted() {
         let mut l = Ledger::new();
-        let boot = |count: u64| {
-            let mut b = [7; 16];
-            b[..8].copy_from_slice(&count.to_be_bytes());
-            b
-        };
+        let boot = |count| counted(count, 7);
         let register = |l: &mut Ledger, id: u8, b| {
             l.apply(&LedgerOp::Register {
                 id: EnclaveId([id; 16]),
@@ -1016,10 +1006,7 @@ mod tests {
                 max_instances_cluster: None,
             })
         };
-        l.apply(&LedgerOp::HostBooted {
-            host: h("a"),
-            boot: boot(2),
-        });
+        announce(&mut l, "a", boot(2));
         // The next boot writes before its announcement is applied: it is current.
         assert!(matches!(
             register(&mut l, 1, boot(3)),
@@ -1038,29 +1025,16 @@ mod tests {
     #[test]
     fn a_late_announcement_of_an_earlier_boot_changes_nothing() {
         let mut l = Ledger::new();
-        let boot = |count: u64, r: u8| {
-            let mut b = [r; 16];
-            b[..8].copy_from_slice(&count.to_be_bytes());
-            b
-        };
-        let announce = |l: &mut Ledger, b| {
-            l.apply(&LedgerOp::HostBooted {
-                host: h("a"),
-                boot: b,
-            })
-        };
-        announce(&mut l, boot(2, 1));
-        announce(&mut l, boot(1, 9)); // boot 1's announcement, delayed
+        let boot = counted;
+        announce(&mut l, "a", boot(2, 1));
+        announce(&mut l, "a", boot(1, 9)); // boot 1's announcement, delayed
         assert_eq!(l.boot_of(&h("a")), Some(&boot(2, 1)));
     }
 
     #[test]
     fn a_registration_from_a_restarted_sm_is_refused() {
         let mut l = registered();
-        l.apply(&LedgerOp::HostBooted {
-            host: h("a"),
-            boot: [0xc; 16],
-        });
+        announce(&mut l, "a", [0xc; 16]);
         let late = l.apply(&LedgerOp::Register {
             id: EnclaveId([9; 16]),
             app: APP,
@@ -1205,10 +1179,7 @@ mod tests {
     fn a_restart_loses_what_the_host_ran_but_not_what_it_took_over_after() {
         let mut l = registered();
         // A new boot at a: E (owned under the old boot) is lost.
-        l.apply(&LedgerOp::HostBooted {
-            host: h("a"),
-            boot: [0xc; 16],
-        });
+        announce(&mut l, "a", [0xc; 16]);
         assert_eq!(state(&l), ("a".into(), 1, RecordState::Lost));
         // An enclave registered under the new boot is untouched by a repeat of the same boot.
         l.apply(&LedgerOp::Register {
@@ -1219,10 +1190,7 @@ mod tests {
             boot: [0xc; 16],
             max_instances_cluster: None,
         });
-        l.apply(&LedgerOp::HostBooted {
-            host: h("a"),
-            boot: [0xc; 16],
-        });
+        announce(&mut l, "a", [0xc; 16]);
         assert_eq!(
             l.get(&EnclaveId([2; 16])).unwrap().state,
             RecordState::Running
@@ -1233,38 +1201,20 @@ mod tests {
     fn a_sender_restart_aborts_its_migration_and_records_the_enclave_lost() {
         let mut l = registered();
         begin(&mut l, 0, M1);
-        l.apply(&LedgerOp::HostBooted {
-            host: h("a"),
-            boot: [0xc; 16],
-        });
+        announce(&mut l, "a", [0xc; 16]);
         // The paused copy is gone; nobody else may hold all of it, so nobody may settle.
         assert_eq!(state(&l), ("a".into(), 1, RecordState::Lost));
         // The receiver's COMMIT, if it comes, is refused; its ABORT repeats the decision.
-        assert!(matches!(
-            commit(&mut l, 0, M1),
-            LedgerOutcome::Refused {
-                reason: LedgerRefusal::AlreadyDecided(Decision::Aborted),
-                ..
-            }
-        ));
-        assert!(matches!(
-            abort(&mut l, 0, M1, "b"),
-            LedgerOutcome::Applied(_)
-        ));
+        assert_commit_refused(&mut l);
+        assert_abort_applies(&mut l, "b");
     }
 
     #[test]
     fn a_migration_whose_both_ends_restarted_is_lost() {
         let mut l = registered();
         begin(&mut l, 0, M1);
-        l.apply(&LedgerOp::HostBooted {
-            host: h("a"),
-            boot: [0xc; 16],
-        });
-        l.apply(&LedgerOp::HostBooted {
-            host: h("b"),
-            boot: [0xd; 16],
-        });
+        announce(&mut l, "a", [0xc; 16]);
+        announce(&mut l, "b", [0xd; 16]);
         assert_eq!(state(&l).2, RecordState::Lost);
     }
 
@@ -1275,10 +1225,7 @@ mod tests {
         l.apply(&LedgerOp::HostLeft { host: h("b") });
         assert_eq!(state(&l), ("a".into(), 1, RecordState::Running));
         // The sender's ABORT is answered as already applied; the receiver's COMMIT refused.
-        assert!(matches!(
-            abort(&mut l, 0, M1, "a"),
-            LedgerOutcome::Applied(_)
-        ));
+        assert_abort_applies(&mut l, "a");
         assert!(matches!(
             commit(&mut l, 0, M1),
             LedgerOutcome::Refused { .. }
@@ -1340,10 +1287,7 @@ mod tests {
                 ..
             }
         ));
-        l.apply(&LedgerOp::HostBooted {
-            host: h("a"),
-            boot: [0xc; 16],
-        });
+        announce(&mut l, "a", [0xc; 16]);
         assert!(matches!(
             adopt(&mut l, "b", APP),
             LedgerOutcome::Refused {

@@ -54,27 +54,6 @@ fn seed() -> u64 {
     })
 }
 
-fn deploy(
-    p: &Processes,
-    k: usize,
-    app: &str,
-    manifest: &std::path::Path,
-    adopt: Option<&str>,
-) -> String {
-    let module = example(&format!("{app}.wat"));
-    let mut args = vec![
-        "deploy",
-        "--module",
-        module.to_str().unwrap(),
-        "--manifest",
-        manifest.to_str().unwrap(),
-    ];
-    if let Some(id) = adopt {
-        args.extend(["--adopt", id]);
-    }
-    p.ok(k, &args).lines().last().unwrap().to_owned()
-}
-
 fn host_num(name: &str) -> usize {
     name.trim_start_matches("host").parse().unwrap()
 }
@@ -193,12 +172,12 @@ fn random_kills_during_migrations_and_drains_never_fork_or_lose_sealed_state() {
     .unwrap();
     let mut counters: Vec<Counter> = (0..COUNTERS)
         .map(|i| Counter {
-            id: deploy(&p, 1 + i % HOSTS, "counter", &manifest, None),
+            id: p.deploy_with(1 + i % HOSTS, "counter", Some(&manifest), None),
             sealed: 0,
         })
         .collect();
     // A larger enclave whose transfers last long enough for kills to land mid-transfer.
-    let ballast = deploy(&p, HOSTS, "ballast", &example("ballast.toml"), None);
+    let ballast = p.deploy(HOSTS, "ballast");
     p.ok(
         HOSTS,
         &["call", &ballast, "fill", "--arg", &BALLAST_MIB.to_string()],
@@ -216,7 +195,7 @@ fn random_kills_during_migrations_and_drains_never_fork_or_lose_sealed_state() {
         for (c, (state, owner)) in counters.iter_mut().zip(&states) {
             let k = *owner;
             if state == "lost" {
-                deploy(&p, k, "counter", &manifest, Some(&c.id));
+                p.deploy_with(k, "counter", Some(&manifest), Some(&c.id));
                 tally.adopted += 1;
                 let restored = p.ok(k, &["call", &c.id, "restore"]);
                 assert_eq!(

@@ -365,20 +365,7 @@ fn the_old_copy_cannot_run_or_be_adopted_after_it_moved() {
     p.ok(1, &["migrate", &id, "--to", "host2"]);
     let call = p.cli(1, &["call", &id, "get"]);
     assert!(!call.status.success());
-    let module = example("counter.wat");
-    let manifest = example("counter.toml");
-    let adopt = p.cli(
-        1,
-        &[
-            "deploy",
-            "--module",
-            module.to_str().unwrap(),
-            "--manifest",
-            manifest.to_str().unwrap(),
-            "--adopt",
-            &id,
-        ],
-    );
+    let adopt = p.deploy_cli(1, "counter", None, Some(&id));
     assert!(!adopt.status.success(), "a running enclave is not adopted");
     let why = String::from_utf8_lossy(&adopt.stderr);
     assert!(why.contains("running") || why.contains("state"), "{why}");
@@ -391,18 +378,7 @@ fn deploying_past_the_limit_is_refused_with_the_limit() {
     let p = Processes::start(3);
     p.deploy(1, "counter");
     p.deploy(1, "counter");
-    let module = example("counter.wat");
-    let manifest = example("counter.toml");
-    let out = p.cli(
-        1,
-        &[
-            "deploy",
-            "--module",
-            module.to_str().unwrap(),
-            "--manifest",
-            manifest.to_str().unwrap(),
-        ],
-    );
+    let out = p.deploy_cli(1, "counter", None, None);
     assert!(!out.status.success());
     let why = String::from_utf8_lossy(&out.stderr);
     assert!(why.contains("limit"), "{why}");

@@ -90,20 +90,7 @@ fn killing_the_receiver_after_commit_loses_memory_but_not_sealed_data() {
     );
     assert!(running_on(&p, &id, &[1, 2, 3]).is_empty());
     // Its sealed data is intact: a fresh instance on host2 opens it.
-    let module = example("counter.wat");
-    let manifest = example("counter.toml");
-    p.ok(
-        2,
-        &[
-            "deploy",
-            "--module",
-            module.to_str().unwrap(),
-            "--manifest",
-            manifest.to_str().unwrap(),
-            "--adopt",
-            &id,
-        ],
-    );
+    assert!(p.deploy_cli(2, "counter", None, Some(&id)).status.success());
     assert_eq!(p.ok(2, &["call", &id, "restore"]), "4");
     assert_eq!(record(&p, 3, &id).unwrap()["owner"], "host2");
 }

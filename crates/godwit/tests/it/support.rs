@@ -158,18 +158,52 @@ impl Processes {
         });
     }
 
+    /// Deploys example `app` on host `k`; its id.
     pub fn deploy(&self, k: usize, app: &str) -> String {
-        let out = self.ok(
-            k,
-            &[
-                "deploy",
-                "--module",
-                example(&format!("{app}.wat")).to_str().unwrap(),
-                "--manifest",
-                example(&format!("{app}.toml")).to_str().unwrap(),
-            ],
+        self.deploy_with(k, app, None, None)
+    }
+
+    /// As [`Processes::deploy`], with the options of [`Processes::deploy_cli`].
+    pub fn deploy_with(
+        &self,
+        k: usize,
+        app: &str,
+        manifest: Option<&Path>,
+        adopt: Option<&str>,
+    ) -> String {
+        let out = self.deploy_cli(k, app, manifest, adopt);
+        assert!(
+            out.status.success(),
+            "deploy {app} on host{k}: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.logs()
         );
-        out.lines().last().unwrap().to_owned()
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        stdout.lines().last().unwrap().to_owned()
+    }
+
+    /// Runs `godwit deploy` of example `app` on host `k`, with `manifest` in place of the
+    /// example's if given, adopting the lost enclave `adopt` if given.
+    pub fn deploy_cli(
+        &self,
+        k: usize,
+        app: &str,
+        manifest: Option<&Path>,
+        adopt: Option<&str>,
+    ) -> Output {
+        let module = example(&format!("{app}.wat"));
+        let manifest = manifest.map_or_else(|| example(&format!("{app}.toml")), Path::to_path_buf);
+        let mut args = vec![
+            "deploy",
+            "--module",
+            module.to_str().unwrap(),
+            "--manifest",
+            manifest.to_str().unwrap(),
+        ];
+        if let Some(id) = adopt {
+            args.extend(["--adopt", id]);
+        }
+        self.cli(k, &args)
     }
 
     pub fn logs(&self) -> String {
