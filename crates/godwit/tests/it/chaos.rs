@@ -31,6 +31,8 @@ struct Counter {
 struct Tally {
     rounds: usize,
     kills: usize,
+    /// Rounds whose kill landed while the migration or drain was still under way.
+    mid_operation: usize,
     committed: usize,
     failed: usize,
     drains: usize,
@@ -236,7 +238,8 @@ fn random_kills_during_migrations_and_drains_never_fork_or_lose_sealed_state() {
             .map(|(i, (_, o))| (i, *o))
             .collect();
         let drain = running.is_empty() || rng.random_range(0..4) == 0;
-        let (from, to, cli): (usize, Option<usize>, Child) = if drain {
+        // How long the operation roughly lasts here (debug build), ms: kills land within it.
+        let (from, to, window, mut cli): (usize, Option<usize>, u64, Child) = if drain {
             let host = rng.random_range(1..=HOSTS);
             tally.drains += 1;
             let cli = godwit()
@@ -247,14 +250,16 @@ fn random_kills_during_migrations_and_drains_never_fork_or_lose_sealed_state() {
                 .stderr(std::process::Stdio::null())
                 .spawn()
                 .unwrap();
-            (host, None, cli)
+            (host, None, 200, cli)
         } else {
             let (i, from) = running[rng.random_range(0..running.len())];
             let mut to = rng.random_range(1..HOSTS);
             if to >= from {
                 to += 1;
             }
-            (from, Some(to), migrate_in_background(&p, from, &ids[i], to))
+            let window = if i == COUNTERS { 150 } else { 15 };
+            let cli = migrate_in_background(&p, from, &ids[i], to);
+            (from, Some(to), window, cli)
         };
 
         // SIGKILL at a random moment: the sender, the receiver, the leader, any host, or
@@ -272,8 +277,11 @@ fn random_kills_during_migrations_and_drains_never_fork_or_lose_sealed_state() {
                 _ => vec![from, receiver],
             };
             victims.dedup();
-            let delay = rng.random_range(0..if to.is_some() { 60 } else { 200 });
+            let delay = rng.random_range(0..window);
             std::thread::sleep(Duration::from_millis(delay));
+            if cli.try_wait().unwrap().is_none() {
+                tally.mid_operation += 1;
+            }
             for &v in &victims {
                 p.kill(v);
                 tally.kills += 1;
