@@ -23,6 +23,8 @@ const DATA_FRAME_BYTES: usize = 64 * 1024;
 
 #[derive(Clone, Copy, Debug)]
 enum Tamper {
+    /// Forward everything (and record it).
+    Nothing,
     /// Flip one bit in the middle of the frame.
     Alter,
     /// Deliver the frame twice.
@@ -41,6 +43,8 @@ enum Tamper {
 struct Flags {
     fired: AtomicBool,
     done: AtomicBool,
+    /// Every byte the proxy carried, both ways.
+    seen: std::sync::Mutex<Vec<u8>>,
 }
 
 /// A TCP proxy in the host's place: forwards length-delimited frames between the SMs, and
@@ -61,8 +65,15 @@ impl Proxy {
                 };
                 let (mut back_from, mut back_to) =
                     (server.try_clone().unwrap(), client.try_clone().unwrap());
+                let back = Arc::clone(&flag);
                 std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut back_from, &mut back_to);
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n @ 1..) = back_from.read(&mut buf) {
+                        back.seen.lock().unwrap().extend_from_slice(&buf[..n]);
+                        if back_to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
                     let _ = back_to.shutdown(Shutdown::Both);
                     let _ = back_from.shutdown(Shutdown::Both);
                 });
@@ -92,16 +103,21 @@ fn pump(
         let mut frame = vec![0u8; 4 + n];
         frame[..4].copy_from_slice(&len);
         from.read_exact(&mut frame[4..])?;
+        flags.seen.lock().unwrap().extend_from_slice(&frame);
         if let Some(earlier) = held.take() {
             to.write_all(&frame)?;
             to.write_all(&earlier)?;
             continue;
         }
-        if n < DATA_FRAME_BYTES || flags.fired.swap(true, Ordering::SeqCst) {
+        if n < DATA_FRAME_BYTES
+            || matches!(tamper, Tamper::Nothing)
+            || flags.fired.swap(true, Ordering::SeqCst)
+        {
             to.write_all(&frame)?;
             continue;
         }
         match tamper {
+            Tamper::Nothing => unreachable!("forwarded above"),
             Tamper::Alter => {
                 frame[4 + n / 2] ^= 0x10;
                 to.write_all(&frame)?;
@@ -148,11 +164,9 @@ fn deploy_ballast(p: &Processes, k: usize, mib: u32) -> (String, String) {
     (id, sum)
 }
 
-/// Runs a migration of `id` from host1 to host2 through a tampering proxy (both ways) and
-/// checks: the migration fails naming `expect` (in its error or in the log of the SM that
-/// detected the attack), the enclave runs on host1 alone with its memory, and a migration
-/// without tampering then succeeds.
-fn tampered_migration(tamper: Tamper, expect: &[&str]) {
+/// Three hosts, where everything between host1 and host2 (both ways) passes through a
+/// proxy doing `tamper`.
+fn proxied_cluster(tamper: Tamper) -> (Processes, Arc<Flags>) {
     let mut p = Processes::laid_out(3);
     let flags = Arc::new(Flags::default());
     let to2 = Proxy::start(listen_addr(&p, 2), tamper, Arc::clone(&flags));
@@ -163,6 +177,15 @@ fn tampered_migration(tamper: Tamper, expect: &[&str]) {
         p.spawn(k);
     }
     p.wait_ready(3);
+    (p, flags)
+}
+
+/// Runs a migration of `id` from host1 to host2 through a tampering proxy (both ways) and
+/// checks: the migration fails naming `expect` (in its error or in the log of the SM that
+/// detected the attack), the enclave runs on host1 alone with its memory, and a migration
+/// without tampering then succeeds.
+fn tampered_migration(tamper: Tamper, expect: &[&str]) {
+    let (mut p, flags) = proxied_cluster(tamper);
     let (id, sum) = deploy_ballast(&p, 1, 8);
 
     let out = p.cli(1, &["migrate", &id, "--to", "host2"]);
@@ -193,6 +216,56 @@ fn tampered_migration(tamper: Tamper, expect: &[&str]) {
     p.ok(1, &["migrate", &id, "--to", "host2"]);
     assert_eq!(p.ok(2, &["call", &id, "checksum"]), sum);
     p.kill(1);
+}
+
+/// Whether `needle` occurs in `hay`.
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn no_plaintext_reaches_the_wire_or_the_disk() {
+    let (p, flags) = proxied_cluster(Tamper::Nothing);
+    let canary = "godwit-canary-5f0e2b9a7c31d846";
+    let id = p.deploy(1, "vault");
+    p.ok(1, &["call", &id, "put", "--arg", canary]);
+    let answer = p.ok(1, &["call", &id, "hmac", "--arg", "challenge"]);
+    p.ok(1, &["migrate", &id, "--to", "host2"]);
+    // The secret moved (in memory and in the sealed slot): host2 answers alike, and its
+    // sealed copy opens.
+    assert_eq!(
+        p.ok(2, &["call", &id, "hmac", "--arg", "challenge"]),
+        answer
+    );
+    assert_eq!(p.ok(2, &["call", &id, "load"]), "ok");
+    let seen = std::mem::take(&mut *flags.seen.lock().unwrap());
+    // host1 and host2 have no other route: the migration (its non-zero pages, the sealed
+    // slot, the module) went through the proxy.
+    assert!(seen.len() > 4096, "traffic went through the proxy");
+    assert!(
+        !contains(&seen, canary.as_bytes()),
+        "the secret crossed the wire in clear"
+    );
+    // Nor is it in anything the hosts stored: sealed blobs, store files, identities.
+    let mut dirs = vec![p.dir.path().join("c")];
+    let mut files = 0;
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.is_file() {
+                files += 1;
+                let bytes = std::fs::read(&path).unwrap();
+                assert!(
+                    !contains(&bytes, canary.as_bytes()),
+                    "{} holds the secret in clear",
+                    path.display()
+                );
+            }
+        }
+    }
+    assert!(files > 10, "the hosts' files were read ({files})");
 }
 
 #[test]
