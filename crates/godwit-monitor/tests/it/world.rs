@@ -112,7 +112,8 @@ impl World {
         disk: Option<Arc<MemoryBlobStore>>,
     ) -> Node {
         let seed = u64::from(identity.certificate().host.as_str().as_bytes()[0]) * 1000 + boots;
-        let (hw, clock) = SimHardware::new(identity.clone(), sm_measurement(), seed);
+        // The component counts its boots, as a real one does (the first is boot 1).
+        let (hw, clock) = SimHardware::booted(identity.clone(), sm_measurement(), seed, boots + 1);
         let blobs = disk.unwrap_or_default();
         let config = MonitorConfig {
             policy: self.policy.clone(),
