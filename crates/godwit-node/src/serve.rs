@@ -318,40 +318,47 @@ pub(crate) async fn run_migration(
     let mut attempts = 40;
     loop {
         match migrate_once(inner, id, to.clone(), progress.as_deref_mut()).await {
-            Err(Some(AbortReason::Refused(RefuseReason::Starting))) if attempts > 1 => {
+            Attempt::Aborted(AbortReason::Refused(RefuseReason::Starting)) if attempts > 1 => {
                 attempts -= 1;
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
-            Err(Some(reason)) => return Err(abort_err(&reason)),
-            Err(None) => return Err(err("shutdown", "node shutting down")),
-            Ok(Err(refused)) => return Err(refused),
-            Ok(Ok(report)) => return Ok(report),
+            Attempt::Aborted(reason) => return Err(abort_err(&reason)),
+            Attempt::NotStarted(refused) => return Err(refused),
+            Attempt::Shutdown => return Err(err("shutdown", "node shutting down")),
+            Attempt::Done(report) => return Ok(report),
         }
     }
 }
 
-/// One attempt: `Err(Some(reason))` when the migration aborted, `Err(None)` at shutdown,
-/// `Ok(Err(_))` when the SM refused to start it.
+/// How one attempt at a migration ended.
+enum Attempt {
+    Done(MigrationReport),
+    Aborted(AbortReason),
+    /// The SM refused to start it (unknown enclave, already migrating, …).
+    NotStarted(Response),
+    Shutdown,
+}
+
 async fn migrate_once(
     inner: &Arc<Inner>,
     id: EnclaveId,
     to: HostId,
     mut progress: Option<&mut OwnedWriteHalf>,
-) -> Result<Result<MigrationReport, Response>, Option<AbortReason>> {
+) -> Attempt {
     let mut events = inner.events.subscribe();
     let migration = match inner.with(|m| m.migrate(id, to)) {
         Ok(m) => m,
-        Err(e) => return Ok(Err(monitor_err(e))),
+        Err(e) => return Attempt::NotStarted(monitor_err(e)),
     };
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         tokio::select! {
             e = events.recv() => match e {
                 Ok(Event::MigrationFinished { migration: m, outcome, .. }) if m == migration => {
-                    return outcome.map(Ok).map_err(Some);
+                    return outcome.map_or_else(Attempt::Aborted, Attempt::Done);
                 }
                 Ok(_) | Err(RecvError::Lagged(_)) => {}
-                Err(RecvError::Closed) => return Err(None),
+                Err(RecvError::Closed) => return Attempt::Shutdown,
             },
             _ = tick.tick() => {
                 if let (Some(w), Some((sent, total))) = (progress.as_deref_mut(), inner.with(|m| m.migration_progress(migration))) {
