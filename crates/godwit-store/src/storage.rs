@@ -16,8 +16,40 @@ pub(crate) const VOTE: &str = "vote";
 pub(crate) const COMMITTED: &str = "committed";
 pub(crate) const PURGED: &str = "purged";
 pub(crate) const SNAPSHOT: &str = "snapshot";
-/// The number of the last durable write, matched against the component's counter.
+/// The record of the last durable write: its number, matched against the component's
+/// counter, and a digest of the state it left ([`state_digest`]).
 pub(crate) const GENERATION: &str = "generation";
+
+/// What a write record vouches for: the last log entry (index and sealed bytes) and the
+/// vote, purge mark and snapshot as stored. A newer record moved into an older file, or a
+/// file whose newest entries were removed, no longer matches. (The committed id, a hint
+/// written without fsync, is left out.)
+fn state_digest(
+    logs: &impl ReadableTable<u64, &'static [u8]>,
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<[u8; 32], redb::StorageError> {
+    let mut d = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut item = |bytes: Option<&[u8]>| match bytes {
+        Some(b) => {
+            d.update(&(b.len() as u64).to_be_bytes());
+            d.update(b);
+        }
+        None => d.update(&u64::MAX.to_be_bytes()),
+    };
+    match logs.last()? {
+        Some((k, v)) => {
+            item(Some(&k.value().to_be_bytes()));
+            item(Some(v.value()));
+        }
+        None => item(None),
+    }
+    for key in [VOTE, PURGED, SNAPSHOT] {
+        item(meta.get(key)?.as_ref().map(|v| v.value()));
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.finish().as_ref());
+    Ok(out)
+}
 
 /// Why the store's files could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -130,12 +162,22 @@ impl Storage {
                 .open(key.as_bytes(), v.value(), || key.clone())?;
             items += 1;
             if key == GENERATION {
-                generation = value
-                    .try_into()
-                    .map(u64::from_be_bytes)
-                    .map_err(|_| Corrupt {
-                        what: "write number".into(),
-                    })?;
+                let record: Option<([u8; 8], [u8; 32])> = value
+                    .split_first_chunk::<8>()
+                    .and_then(|(n, rest)| Some((*n, rest.try_into().ok()?)));
+                let Some((n, digest)) = record else {
+                    return Err(Corrupt {
+                        what: "write record".into(),
+                    }
+                    .into());
+                };
+                if state_digest(&logs, &meta).map_err(db_err)? != digest {
+                    return Err(Corrupt {
+                        what: "store state (it does not match the last write record: items from different copies?)".into(),
+                    }
+                    .into());
+                }
+                generation = u64::from_be_bytes(n);
             }
         }
         Ok((items, generation))
@@ -147,9 +189,13 @@ impl Storage {
     /// commit order.
     pub(crate) fn commit_durable(&self, tx: WriteTransaction) -> Result<(), String> {
         let n = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        let sealed = self.sealer.seal(GENERATION.as_bytes(), &n.to_be_bytes());
         {
+            let logs = tx.open_table(LOGS).map_err(|e| e.to_string())?;
             let mut meta = tx.open_table(META).map_err(|e| e.to_string())?;
+            let digest = state_digest(&logs, &meta).map_err(|e| e.to_string())?;
+            let mut record = n.to_be_bytes().to_vec();
+            record.extend_from_slice(&digest);
+            let sealed = self.sealer.seal(GENERATION.as_bytes(), &record);
             meta.insert(GENERATION, sealed.as_slice())
                 .map_err(|e| e.to_string())?;
         }

@@ -6,7 +6,7 @@ use godwit_store::{OpenError, Sealer, TypeConfig};
 use godwit_wire::{EnclaveId, HostId, Measurement};
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftLogReader, Vote};
-use redb::{ReadableTable, TableDefinition};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
 const LOGS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("logs");
 
@@ -172,4 +172,58 @@ fn a_write_that_landed_just_before_a_crash_is_accepted() {
     let nv = NvCounter::volatile();
     assert!(godwit_store::open(&path, sealer_with(&nv)).is_ok());
     assert!(nv.get() > 0);
+}
+
+const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
+
+#[test]
+fn a_newer_write_record_moved_into_an_older_copy_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("raft.redb");
+    let old = dir.path().join("old.redb");
+    let nv = NvCounter::volatile();
+    rt().block_on(async {
+        let (mut log, _) = godwit_store::open(&path, sealer_with(&nv)).unwrap();
+        log.save_vote(&Vote::new(1, 1)).await.unwrap();
+        log.blocking_append((1..=3).map(entry).collect::<Vec<_>>())
+            .await
+            .unwrap();
+    });
+    std::fs::copy(&path, &old).unwrap();
+    rt().block_on(async {
+        let (mut log, _) = godwit_store::open(&path, sealer_with(&nv)).unwrap();
+        log.blocking_append(vec![entry(4)]).await.unwrap();
+    });
+    // The host copies the newest write record into the older file: its number passes the
+    // counter, but it vouches for a state the older file does not hold.
+    let record = {
+        let db = redb::Database::create(&path).unwrap();
+        let tx = db.begin_read().unwrap();
+        let t = tx.open_table(META).unwrap();
+        t.get("generation").unwrap().unwrap().value().to_vec()
+    };
+    {
+        let db = redb::Database::create(&old).unwrap();
+        let tx = db.begin_write().unwrap();
+        tx.open_table(META)
+            .unwrap()
+            .insert("generation", record.as_slice())
+            .unwrap();
+        tx.commit().unwrap();
+    }
+    assert!(matches!(
+        godwit_store::open(&old, sealer_with(&nv)),
+        Err(OpenError::Corrupt(_))
+    ));
+    // Nor may the newest entries be dropped from the current file.
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let tx = db.begin_write().unwrap();
+        tx.open_table(LOGS).unwrap().remove(4).unwrap();
+        tx.commit().unwrap();
+    }
+    assert!(matches!(
+        godwit_store::open(&path, sealer_with(&nv)),
+        Err(OpenError::Corrupt(_))
+    ));
 }
