@@ -179,12 +179,7 @@ fn random_kills_during_migrations_and_drains_never_fork_or_lose_sealed_state() {
         })
         .collect();
     // A larger enclave whose transfers last long enough for kills to land mid-transfer.
-    let ballast = p.deploy(HOSTS, "ballast");
-    p.ok(
-        HOSTS,
-        &["call", &ballast, "fill", "--arg", &BALLAST_MIB.to_string()],
-    );
-    let checksum = p.ok(HOSTS, &["call", &ballast, "checksum"]);
+    let (ballast, checksum) = p.deploy_ballast(HOSTS, BALLAST_MIB);
 
     let mut tally = Tally::default();
     for round in 0..=rounds {

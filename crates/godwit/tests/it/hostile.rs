@@ -157,13 +157,6 @@ fn redirect(p: &Processes, k: usize, peer: usize, addr: &str) {
     std::fs::write(&path, text.replace(&old, &format!("addr = \"{addr}\""))).unwrap();
 }
 
-fn deploy_ballast(p: &Processes, k: usize, mib: u32) -> (String, String) {
-    let id = p.deploy(k, "ballast");
-    p.ok(k, &["call", &id, "fill", "--arg", &mib.to_string()]);
-    let sum = p.ok(k, &["call", &id, "checksum"]);
-    (id, sum)
-}
-
 /// Three hosts, where everything between host1 and host2 (both ways) passes through a
 /// proxy doing `tamper`.
 fn proxied_cluster(tamper: Tamper) -> (Processes, Arc<Flags>) {
@@ -186,7 +179,7 @@ fn proxied_cluster(tamper: Tamper) -> (Processes, Arc<Flags>) {
 /// without tampering then succeeds.
 fn tampered_migration(tamper: Tamper, expect: &[&str]) {
     let (mut p, flags) = proxied_cluster(tamper);
-    let (id, sum) = deploy_ballast(&p, 1, 8);
+    let (id, sum) = p.deploy_ballast(1, 8);
 
     let out = p.cli(1, &["migrate", &id, "--to", "host2"]);
     assert!(flags.fired.load(Ordering::SeqCst), "{tamper:?} was applied");
@@ -465,7 +458,7 @@ fn deploying_past_the_limit_is_refused_with_the_limit() {
 #[test]
 fn two_migrations_of_one_enclave_at_once_leave_one_copy() {
     let p = Processes::start(3);
-    let (id, sum) = deploy_ballast(&p, 1, 32);
+    let (id, sum) = p.deploy_ballast(1, 32);
     let a = migrate_in_background(&p, 1, &id, 2);
     let b = migrate_in_background(&p, 1, &id, 3);
     let (a, b) = (

@@ -4,20 +4,13 @@ use std::time::Duration;
 
 use crate::support::*;
 
-fn ballast(p: &Processes, k: usize, mib: u32) -> (String, String) {
-    let id = p.deploy(k, "ballast");
-    p.ok(k, &["call", &id, "fill", "--arg", &mib.to_string()]);
-    let sum = p.ok(k, &["call", &id, "checksum"]);
-    (id, sum)
-}
-
 #[test]
 fn killing_the_leader_mid_migration_resolves_it_with_one_live_copy() {
     let mut p = Processes::start(3);
     let l = leader(&p, 1);
     let others: Vec<usize> = (1..=3).filter(|&k| k != l).collect();
     let (x, y) = (others[0], others[1]);
-    let (id, sum) = ballast(&p, x, 64);
+    let (id, sum) = p.deploy_ballast(x, 64);
     let m = migrate_in_background(&p, x, &id, y);
     p.kill(l);
     wait_child(m, Duration::from_secs(90));
@@ -39,7 +32,7 @@ fn killing_the_leader_mid_migration_resolves_it_with_one_live_copy() {
 #[test]
 fn killing_the_sender_mid_transfer_never_leaves_two_copies() {
     let mut p = Processes::start(3);
-    let (id, _) = ballast(&p, 1, 512);
+    let (id, _) = p.deploy_ballast(1, 512);
     let m = migrate_in_background(&p, 1, &id, 2);
     poll(Duration::from_secs(60), "the transfer to start", || {
         record(&p, 2, &id).is_some_and(|r| r["state"] == "migrating")

@@ -158,6 +158,14 @@ impl Processes {
         });
     }
 
+    /// Deploys a `ballast` of `mib` MiB on host `k`, filled; its id and memory checksum.
+    pub fn deploy_ballast(&self, k: usize, mib: u32) -> (String, String) {
+        let id = self.deploy(k, "ballast");
+        self.ok(k, &["call", &id, "fill", "--arg", &mib.to_string()]);
+        let sum = self.ok(k, &["call", &id, "checksum"]);
+        (id, sum)
+    }
+
     /// Deploys example `app` on host `k`; its id.
     pub fn deploy(&self, k: usize, app: &str) -> String {
         self.deploy_with(k, app, None, None)
