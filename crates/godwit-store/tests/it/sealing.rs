@@ -124,26 +124,32 @@ fn sealer_with(nv: &NvCounter) -> Sealer {
     Sealer::new(Arc::new(hw.with_nv_counter(nv.clone())))
 }
 
-/// Writes a vote and three entries at `path` on the component with counter `nv`, and
-/// keeps a copy of the file at `old`.
-fn write_then_copy(path: &std::path::Path, old: &std::path::Path, nv: &NvCounter) {
+/// Writes a vote and three entries into a new store on a component with a fresh counter,
+/// and keeps a copy of the file: the directory, the store, the copy and the counter.
+fn write_then_copy() -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    std::path::PathBuf,
+    NvCounter,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("raft.redb");
+    let old = dir.path().join("old.redb");
+    let nv = NvCounter::volatile();
     rt().block_on(async {
-        let (mut log, _) = godwit_store::open(path, sealer_with(nv)).unwrap();
+        let (mut log, _) = godwit_store::open(&path, sealer_with(&nv)).unwrap();
         log.save_vote(&Vote::new(1, 1)).await.unwrap();
         log.blocking_append((1..=3).map(entry).collect::<Vec<_>>())
             .await
             .unwrap();
     });
-    std::fs::copy(path, old).unwrap();
+    std::fs::copy(&path, &old).unwrap();
+    (dir, path, old, nv)
 }
 
 #[test]
 fn an_older_copy_of_the_store_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("raft.redb");
-    let old = dir.path().join("old.redb");
-    let nv = NvCounter::volatile();
-    write_then_copy(&path, &old, &nv);
+    let (_dir, path, old, nv) = write_then_copy();
     rt().block_on(async {
         let (mut log, _) = godwit_store::open(&path, sealer_with(&nv)).unwrap();
         // A vote in a later term: the old copy would let this member vote twice in it.
@@ -184,11 +190,7 @@ const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
 
 #[test]
 fn a_newer_write_record_moved_into_an_older_copy_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("raft.redb");
-    let old = dir.path().join("old.redb");
-    let nv = NvCounter::volatile();
-    write_then_copy(&path, &old, &nv);
+    let (_dir, path, old, nv) = write_then_copy();
     rt().block_on(async {
         let (mut log, _) = godwit_store::open(&path, sealer_with(&nv)).unwrap();
         log.blocking_append(vec![entry(4)]).await.unwrap();
