@@ -43,7 +43,7 @@ pub const MAC_BYTES: usize = 16;
 /// Bytes a record adds to its payload.
 pub const RECORD_OVERHEAD_BYTES: usize = HEADER_BYTES + TAG_BYTES + MAC_BYTES;
 /// Largest payload of one record.
-pub const RECORD_PAYLOAD_BYTES_MAX: usize = 1024 * 1024 + 4096;
+pub const RECORD_PAYLOAD_BYTES_MAX: usize = 4 * 1024 * 1024 + 4096;
 /// Records one session may carry per direction before it must be closed and a new
 /// handshake made (the GCM nonce is the 64-bit sequence number; this keeps far from it).
 pub const SESSION_RECORDS_MAX: u64 = 1 << 32;

@@ -34,8 +34,9 @@ pub(crate) const MIGRATION_PREFIX: u8 = 0;
 
 /// Frames below this are copied out of the pooled buffer rather than handed over.
 const SMALL_FRAME_BYTES: usize = 64 * 1024;
-/// Buffers a connection keeps for reuse.
-const POOL_BUFFERS_MAX: usize = 8;
+/// Buffers a connection keeps for reuse. The daemon writes one bulk frame at a time, so
+/// one buffer is out while the next is sealed; more would only hold memory.
+const POOL_BUFFERS_MAX: usize = 2;
 
 /// Largest store payload one record carries.
 pub const STORE_MESSAGE_BYTES_MAX: usize = MESSAGE_BYTES_MAX - 16;

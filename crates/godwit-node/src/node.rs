@@ -15,8 +15,9 @@ use godwit_wire::HostId;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, broadcast, mpsc, oneshot};
+use tokio::sync::{Notify, broadcast, oneshot};
 
 use crate::config::NodeConfig;
 use crate::disk::DirBlobStore;
@@ -33,8 +34,6 @@ const PROPOSE_TIMEOUT: Duration = Duration::from_millis(2500);
 /// A peer whose dial failed is not dialled again for this long (the Raft RPC to it fails
 /// at once as unreachable, so openraft backs off).
 const REDIAL_BACKOFF: Duration = Duration::from_millis(500);
-/// Frames in flight between the stages of a connection's pipeline, per direction.
-const PIPELINE_DEPTH: usize = 4;
 /// How often members ping each other (for `status`'s `up`).
 const PING_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -195,10 +194,14 @@ impl Inner {
 
     /// Reads frames into the SM and writes the frames it produces, until either side ends.
     ///
-    /// Four tasks per connection, joined by bounded channels so that each side pipelines
-    /// across cores: a producer seals the next frame (under the SM's lock) while the writer
-    /// writes the previous one; the reader reads the next frame while the handler opens the
-    /// previous one. Buffers circulate back, so bulk transfer allocates nothing per record.
+    /// Two tasks per connection: a writer that seals the next frame (under the SM's lock)
+    /// and writes it, and a reader that reads a frame and hands it to the SM at once. The
+    /// stages of a migration still run in parallel: the sender's SM seals while the kernel
+    /// moves earlier records, and the receiver opens them on its own host. Handing each
+    /// record between more tasks (an earlier design) cost more CPU than it saved: the
+    /// record went through another core's cache, and each hand-over woke a thread
+    /// (docs/benchmarks.md). One buffer per direction is reused, so bulk transfer
+    /// allocates nothing per record.
     async fn run_conn(self: Arc<Self>, conn: ConnId, stream: TcpStream, dialled: bool) {
         let _ = stream.set_nodelay(true);
         let (mut rd, mut wr) = stream.into_split();
@@ -214,84 +217,60 @@ impl Inner {
         if dialled {
             self.with(|m| m.connected(conn));
         }
-        let (frames_tx, mut frames_rx) = mpsc::channel::<Vec<u8>>(PIPELINE_DEPTH);
-        let (written_tx, mut written_rx) = mpsc::unbounded_channel::<Vec<u8>>();
         let me = Arc::clone(&self);
-        let producer = tokio::spawn(async move {
+        let writer = tokio::spawn(async move {
+            let mut written: Option<Vec<u8>> = None;
             loop {
                 loop {
-                    let mut done = Vec::new();
-                    while let Ok(b) = written_rx.try_recv() {
-                        done.push(b);
-                    }
                     let frame = me.with(|m| {
-                        for b in done {
-                            m.recycle(conn, b);
+                        if let Some(buf) = written.take() {
+                            m.recycle(conn, buf);
                         }
                         m.poll_transmit(conn)
                     });
                     let Some(frame) = frame else { break };
-                    if frames_tx.send(frame).await.is_err() {
+                    if write_frame(&mut wr, &frame).await.is_err() {
                         return;
                     }
+                    written = Some(frame);
                 }
                 wake.notified().await;
             }
         });
-        let writer = tokio::spawn(async move {
-            while let Some(frame) = frames_rx.recv().await {
-                if write_frame(&mut wr, &frame).await.is_err() {
-                    return;
-                }
-                let _ = written_tx.send(frame);
+        tokio::select! {
+            e = self.read_frames(conn, &mut rd) => {
+                tracing::debug!(%conn, error = %e, "connection ended");
             }
-        });
-        let (read_tx, mut read_rx) = mpsc::channel::<Vec<u8>>(PIPELINE_DEPTH);
-        let (free_tx, mut free_rx) = mpsc::unbounded_channel::<Vec<u8>>();
-        let me = Arc::clone(&self);
-        let handler = tokio::spawn(async move {
-            while let Some(mut frame) = read_rx.recv().await {
-                me.with(|m| m.handle_frame(conn, &mut frame));
-                let _ = free_tx.send(frame);
-            }
-        });
-        let reader = async {
-            loop {
-                let mut len = [0u8; 4];
-                rd.read_exact(&mut len).await?;
-                let len = u32::from_be_bytes(len) as usize;
-                if len > FRAME_BYTES_MAX {
-                    return Err(std::io::Error::other(format!("frame of {len} bytes")));
-                }
-                // A recycled buffer of the same length is not zeroed again.
-                let mut frame = free_rx.try_recv().unwrap_or_default();
-                frame.resize(len, 0);
-                rd.read_exact(&mut frame).await?;
-                if read_tx.send(frame).await.is_err() {
-                    return Ok(());
-                }
-            }
-        };
-        let closed_by_sm = tokio::select! {
-            r = reader => {
-                if let Err(e) = r {
-                    tracing::debug!(%conn, error = %e, "connection ended");
-                }
-                false
-            }
-            _ = close.notified() => true,
-        };
-        producer.abort();
-        writer.abort();
-        if closed_by_sm {
-            handler.abort();
-        } else {
-            // Frames already read are handled before the SM learns the connection ended.
-            drop(read_tx);
-            let _ = handler.await;
+            _ = close.notified() => {}
         }
+        writer.abort();
         lock(&self.conns).remove(&conn);
         self.with(|m| m.disconnected(conn));
+    }
+
+    /// Reads frames and hands each to the SM, until the connection fails or ends; returns
+    /// why.
+    async fn read_frames(self: &Arc<Self>, conn: ConnId, rd: &mut OwnedReadHalf) -> std::io::Error {
+        let mut buf = Vec::new();
+        loop {
+            let mut len = [0u8; 4];
+            if let Err(e) = rd.read_exact(&mut len).await {
+                return e;
+            }
+            let len = u32::from_be_bytes(len) as usize;
+            if len > FRAME_BYTES_MAX {
+                return std::io::Error::other(format!("frame of {len} bytes"));
+            }
+            // The buffer only grows: a large frame after a small one is not zeroed again.
+            if buf.len() < len {
+                buf.resize(len, 0);
+            }
+            let frame = &mut buf[..len];
+            if let Err(e) = rd.read_exact(frame).await {
+                return e;
+            }
+            self.with(|m| m.handle_frame(conn, frame));
+        }
     }
 
     async fn accept_loop(self: Arc<Self>, listener: TcpListener) {

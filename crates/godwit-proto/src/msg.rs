@@ -11,9 +11,11 @@ use crate::ledger::LedgerRefusal;
 use crate::timing::DeadlineTerms;
 
 /// Largest message accepted: one record's payload.
-pub const MESSAGE_BYTES_MAX: usize = 1024 * 1024 + 4096;
-/// Bulk data (module bytes, memory pages) per message.
-pub const CHUNK_BYTES_MAX: usize = 1024 * 1024;
+pub const MESSAGE_BYTES_MAX: usize = 4 * 1024 * 1024 + 4096;
+/// Bulk data (module bytes, memory pages) per message. Records this large cost less CPU per
+/// byte than 1 MiB ones (fewer hand-overs and wake-ups per GiB) and keep a connection's
+/// buffers to a few MiB; docs/benchmarks.md has the measurements.
+pub const CHUNK_BYTES_MAX: usize = 4 * 1024 * 1024;
 const _: () = assert!(CHUNK_BYTES_MAX + 256 <= MESSAGE_BYTES_MAX);
 
 /// What the sender announces before anything is paused (claim 4).
