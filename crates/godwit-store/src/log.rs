@@ -10,7 +10,7 @@ use openraft::{
 };
 use redb::{ReadableDatabase, ReadableTable};
 
-use crate::storage::{COMMITTED, LOGS, PURGED, Storage, VOTE, log_label};
+use crate::storage::{ANCHOR, COMMITTED, LOGS, META, PURGED, Storage, VOTE, link};
 use crate::{NodeId, TypeConfig};
 
 type Result<T> = std::result::Result<T, StorageError<NodeId>>;
@@ -58,13 +58,7 @@ impl LogStore {
         for item in table.range::<u64>(range).map_err(read_err)? {
             let (k, v) = item.map_err(read_err)?;
             let index = k.value();
-            let plain = self
-                .st
-                .sealer
-                .open(&log_label(index), v.value(), || {
-                    format!("log entry {index}")
-                })
-                .map_err(read_err)?;
+            let (_, plain) = self.st.open_entry(index, v.value()).map_err(read_err)?;
             let entry: Entry<TypeConfig> = decode(&plain).map_err(read_err)?;
             if entry.log_id.index != index {
                 return Err(read_err(format!(
@@ -139,10 +133,23 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let tx = self.st.db.begin_write().map_err(write_err)?;
         {
             let mut table = tx.open_table(LOGS).map_err(write_err)?;
+            let meta = tx.open_table(META).map_err(write_err)?;
+            // The link of the entry just written, for the next one of the batch.
+            let mut last: Option<(u64, crate::storage::Link)> = None;
             for entry in entries {
                 let index = entry.log_id.index;
-                let sealed = self.st.sealer.seal(&log_label(index), &encode(&entry));
+                let prev = match last {
+                    Some((i, l)) if i + 1 == index => l,
+                    _ => self
+                        .st
+                        .link_before(&table, &meta, index)
+                        .map_err(write_err)?,
+                };
+                let bytes = encode(&entry);
+                let linked = link(&prev, index, &bytes);
+                let sealed = self.st.seal_entry(index, &linked, &bytes);
                 table.insert(index, sealed.as_slice()).map_err(write_err)?;
+                last = Some((index, linked));
             }
         }
         self.st.commit_durable(tx).map_err(write_err)?;
@@ -161,13 +168,27 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.st.commit_durable(tx).map_err(write_err)
     }
 
+    /// Removes the entries up to `log_id` and, in the same write, records the purge mark
+    /// and the link of the last entry removed, which the first remaining entry follows.
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<()> {
-        self.st
-            .put_meta(PURGED, &encode(&log_id))
-            .map_err(write_err)?;
         let tx = self.st.db.begin_write().map_err(write_err)?;
         {
             let mut table = tx.open_table(LOGS).map_err(write_err)?;
+            let mut meta = tx.open_table(META).map_err(write_err)?;
+            let anchor = match log_id.index.checked_add(1) {
+                Some(after) => Some(
+                    self.st
+                        .link_before(&table, &meta, after)
+                        .map_err(write_err)?,
+                ),
+                None => None,
+            };
+            let sealed = self.st.sealer.seal(PURGED.as_bytes(), &encode(&log_id));
+            meta.insert(PURGED, sealed.as_slice()).map_err(write_err)?;
+            if let Some(anchor) = anchor {
+                let sealed = self.st.sealer.seal(ANCHOR.as_bytes(), &anchor);
+                meta.insert(ANCHOR, sealed.as_slice()).map_err(write_err)?;
+            }
             table
                 .retain_in(..=log_id.index, |_, _| false)
                 .map_err(write_err)?;

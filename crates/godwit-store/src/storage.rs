@@ -19,9 +19,31 @@ pub(crate) const SNAPSHOT: &str = "snapshot";
 /// The record of the last durable write: its number, matched against the component's
 /// counter, and a digest of the state it left ([`state_digest`]).
 pub(crate) const GENERATION: &str = "generation";
+/// The link the first entry in the log table follows: that of the last purged entry (all
+/// zeros before any purge). See [`Link`].
+pub(crate) const ANCHOR: &str = "anchor";
+
+/// Each log entry is stored with a link, a hash over the link of the entry before it, its
+/// index and its bytes: the entries form a chain from [`ANCHOR`] to the last entry, and the
+/// last entry is in the write record's digest. An authentic entry from an older copy (one
+/// a new leader overwrote, say) put back in the middle of the log breaks the chain at the
+/// entry after it.
+pub(crate) type Link = [u8; 32];
+
+/// The link of the entry at `index` with encoding `entry`, after `prev`.
+pub(crate) fn link(prev: &Link, index: u64, entry: &[u8]) -> Link {
+    let mut d = ring::digest::Context::new(&ring::digest::SHA256);
+    d.update(b"godwit store log link v1");
+    d.update(prev);
+    d.update(&index.to_be_bytes());
+    d.update(entry);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.finish().as_ref());
+    out
+}
 
 /// What a write record vouches for: the last log entry (index and sealed bytes) and the
-/// vote, purge mark and snapshot as stored. A newer record moved into an older file, or a
+/// vote, purge mark, snapshot and chain anchor as stored. A newer record moved into an older file, or a
 /// file whose newest entries were removed, no longer matches. (The committed id, a hint
 /// written without fsync, is left out.)
 fn state_digest(
@@ -43,7 +65,7 @@ fn state_digest(
         }
         None => item(None),
     }
-    for key in [VOTE, PURGED, SNAPSHOT] {
+    for key in [VOTE, PURGED, SNAPSHOT, ANCHOR] {
         item(meta.get(key)?.as_ref().map(|v| v.value()));
     }
     let mut out = [0u8; 32];
@@ -145,15 +167,24 @@ impl Storage {
         let mut generation = 0;
         let tx = self.db.begin_read().map_err(db_err)?;
         let logs = tx.open_table(LOGS).map_err(db_err)?;
+        let meta = tx.open_table(META).map_err(db_err)?;
+        let anchor = meta.get(ANCHOR).map_err(db_err)?;
+        let mut prev = self.open_anchor(anchor.as_ref().map(|v| v.value()))?;
         for item in logs.iter().map_err(db_err)? {
             items += 1;
             let (k, v) = item.map_err(db_err)?;
             let index = k.value();
-            self.sealer.open(&log_label(index), v.value(), || {
-                format!("log entry {index}")
-            })?;
+            let (stored, entry) = self.open_entry(index, v.value())?;
+            if stored != link(&prev, index, &entry) {
+                return Err(Corrupt {
+                    what: format!(
+                        "log entry {index} (it does not follow the entry before it: put back from an older copy?)"
+                    ),
+                }
+                .into());
+            }
+            prev = stored;
         }
-        let meta = tx.open_table(META).map_err(db_err)?;
         for item in meta.iter().map_err(db_err)? {
             let (k, v) = item.map_err(db_err)?;
             let key = k.value().to_owned();
@@ -205,6 +236,59 @@ impl Storage {
             .nv_counter()
             .advance(n)
             .map_err(|e| e.to_string())
+    }
+
+    /// Seals log entry `entry` for index `index`, with its link.
+    pub(crate) fn seal_entry(&self, index: u64, link: &Link, entry: &[u8]) -> Vec<u8> {
+        let mut plain = Vec::with_capacity(link.len() + entry.len());
+        plain.extend_from_slice(link);
+        plain.extend_from_slice(entry);
+        self.sealer.seal(&log_label(index), &plain)
+    }
+
+    /// Opens a stored log entry: its link and its encoding.
+    pub(crate) fn open_entry(&self, index: u64, sealed: &[u8]) -> Result<(Link, Vec<u8>), Corrupt> {
+        let what = || format!("log entry {index}");
+        let mut plain = self.sealer.open(&log_label(index), sealed, what)?;
+        let Some(stored) = plain.first_chunk::<32>().copied() else {
+            return Err(Corrupt { what: what() });
+        };
+        plain.drain(..stored.len());
+        Ok((stored, plain))
+    }
+
+    /// The link the first entry of the log table follows, from the stored anchor item.
+    pub(crate) fn open_anchor(&self, sealed: Option<&[u8]>) -> Result<Link, Corrupt> {
+        let Some(sealed) = sealed else {
+            return Ok([0; 32]);
+        };
+        let what = || "chain anchor".to_owned();
+        let plain = self.sealer.open(ANCHOR.as_bytes(), sealed, what)?;
+        plain.try_into().map_err(|_| Corrupt { what: what() })
+    }
+
+    /// The link an entry appended at `index` follows: that of the entry before it, or the
+    /// anchor when the table holds none.
+    pub(crate) fn link_before(
+        &self,
+        logs: &impl ReadableTable<u64, &'static [u8]>,
+        meta: &impl ReadableTable<&'static str, &'static [u8]>,
+        index: u64,
+    ) -> Result<Link, String> {
+        match logs.range(..index).map_err(|e| e.to_string())?.next_back() {
+            Some(item) => {
+                let (k, v) = item.map_err(|e| e.to_string())?;
+                Ok(self
+                    .open_entry(k.value(), v.value())
+                    .map_err(|e| e.to_string())?
+                    .0)
+            }
+            None => {
+                let sealed = meta.get(ANCHOR).map_err(|e| e.to_string())?;
+                self.open_anchor(sealed.as_ref().map(|v| v.value()))
+                    .map_err(|e| e.to_string())
+            }
+        }
     }
 
     /// Reads and opens a meta item.

@@ -18,8 +18,13 @@ fn sealer(secret: u8) -> Sealer {
 }
 
 fn entry(index: u64) -> Entry<TypeConfig> {
+    entry_in(1, index)
+}
+
+/// Entry `index` as the leader of `term` wrote it.
+fn entry_in(term: u64, index: u64) -> Entry<TypeConfig> {
     Entry {
-        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+        log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
         payload: EntryPayload::Normal(LedgerOp::Register {
             id: EnclaveId([index as u8; 16]),
             app: Measurement([9; 32]),
@@ -227,4 +232,90 @@ fn a_newer_write_record_moved_into_an_older_copy_is_refused() {
         godwit_store::open(&path, sealer_with(&nv)),
         Err(OpenError::Corrupt(_))
     ));
+}
+
+/// Log ids of the entries `log` holds in `range`.
+async fn ids(log: &mut godwit_store::LogStore, range: std::ops::Range<u64>) -> Vec<(u64, u64)> {
+    log.try_get_log_entries(range)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| (e.log_id.leader_id.term, e.log_id.index))
+        .collect()
+}
+
+#[test]
+fn truncated_purged_and_appended_logs_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("raft.redb");
+    let nv = NvCounter::volatile();
+    let reopen = || godwit_store::open(&path, sealer_with(&nv)).unwrap().0;
+    rt().block_on(async {
+        let mut log = reopen();
+        log.blocking_append((1..=5).map(entry).collect::<Vec<_>>())
+            .await
+            .unwrap();
+        log.truncate(LogId::new(CommittedLeaderId::new(1, 1), 4))
+            .await
+            .unwrap();
+        drop(log);
+        let mut log = reopen();
+        log.blocking_append((4..=6).map(|i| entry_in(2, i)).collect::<Vec<_>>())
+            .await
+            .unwrap();
+        log.purge(LogId::new(CommittedLeaderId::new(1, 1), 2))
+            .await
+            .unwrap();
+        drop(log);
+        let mut log = reopen();
+        assert_eq!(ids(&mut log, 0..10).await, [(1, 3), (2, 4), (2, 5), (2, 6)]);
+        // Purged past the end, as after a snapshot from the leader, then appended on.
+        log.purge(LogId::new(CommittedLeaderId::new(2, 1), 9))
+            .await
+            .unwrap();
+        drop(log);
+        let mut log = reopen();
+        log.blocking_append((10..=11).map(|i| entry_in(3, i)).collect::<Vec<_>>())
+            .await
+            .unwrap();
+        drop(log);
+        let mut log = reopen();
+        assert_eq!(ids(&mut log, 0..20).await, [(3, 10), (3, 11)]);
+    });
+}
+
+#[test]
+fn an_overwritten_entry_put_back_mid_log_is_refused() {
+    let (_dir, path, old, nv) = write_then_copy();
+    rt().block_on(async {
+        let (mut log, _) = godwit_store::open(&path, sealer_with(&nv)).unwrap();
+        // A new leader overwrites entries 2 and 3 (uncommitted ones of the old term).
+        log.truncate(LogId::new(CommittedLeaderId::new(1, 1), 2))
+            .await
+            .unwrap();
+        log.blocking_append((2..=3).map(|i| entry_in(2, i)).collect::<Vec<_>>())
+            .await
+            .unwrap();
+    });
+    // The host puts the overwritten entry 2, authentic and filed at its own index, back
+    // from the older copy. The last entry and the write record are untouched.
+    let overwritten = {
+        let db = redb::Database::create(&old).unwrap();
+        let tx = db.begin_read().unwrap();
+        let t = tx.open_table(LOGS).unwrap();
+        t.get(2).unwrap().unwrap().value().to_vec()
+    };
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let tx = db.begin_write().unwrap();
+        tx.open_table(LOGS)
+            .unwrap()
+            .insert(2, overwritten.as_slice())
+            .unwrap();
+        tx.commit().unwrap();
+    }
+    match godwit_store::open(&path, sealer_with(&nv)) {
+        Err(OpenError::Corrupt(c)) => assert!(c.what.starts_with("log entry 3 "), "{}", c.what),
+        other => panic!("expected corruption, got {:?}", other.err()),
+    }
 }
