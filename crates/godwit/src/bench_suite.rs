@@ -176,6 +176,78 @@ fn fresh_pages_s_per_gib(bytes: usize) -> f64 {
         .fold(f64::INFINITY, f64::min)
 }
 
+/// A 4 KiB write and `sync_data` in the directory the bench's hosts keep their files in,
+/// ms, p50 of 200: the least a durable store write waits for on this disk.
+fn fsync_ms_p50() -> Result<f64> {
+    use std::os::unix::fs::FileExt;
+    let dir = std::env::temp_dir().join(format!("godwit-bench-fsync-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let f = std::fs::File::create(dir.join("f"))?;
+    let block = [0x5au8; 4096];
+    let mut samples = Vec::with_capacity(200);
+    for i in 0..200u64 {
+        let t = now();
+        f.write_all_at(&block, i * 4096)?;
+        f.sync_data()?;
+        samples.push(t.elapsed());
+    }
+    drop(f);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(percentile_ms(&mut samples, 50.0))
+}
+
+/// A one-byte round trip over loopback TCP (Nagle off, blocking reads), µs, p50 of 2000:
+/// the least any message and its answer take between two hosts here.
+fn loopback_rtt_us_p50() -> Result<f64> {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let echo = std::thread::spawn(move || -> Result<()> {
+        let (mut s, _) = listener.accept()?;
+        s.set_nodelay(true)?;
+        let mut b = [0u8; 1];
+        while s.read(&mut b)? == 1 {
+            s.write_all(&b)?;
+        }
+        Ok(())
+    });
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_nodelay(true)?;
+    let mut b = [7u8; 1];
+    let mut samples = Vec::with_capacity(2000);
+    for _ in 0..2100 {
+        let t = now();
+        s.write_all(&b)?;
+        s.read_exact(&mut b)?;
+        samples.push(t.elapsed());
+    }
+    drop(s);
+    echo.join().map_err(|_| anyhow!("echo thread panicked"))??;
+    // The first hundred warm the path up.
+    Ok(percentile_ms(&mut samples[100..], 50.0) * 1000.0)
+}
+
+/// wasmtime calling an exported function that returns at once, µs, p50 of 5000: the least
+/// any ecall costs here.
+fn wasm_call_us_p50() -> Result<f64> {
+    let w = |e: wasmtime::Error| anyhow!("wasmtime: {e}");
+    let engine = wasmtime::Engine::default();
+    let wasm = wat::parse_str(r#"(module (func (export "nop")))"#)?;
+    let module = wasmtime::Module::new(&engine, wasm).map_err(w)?;
+    let mut store = wasmtime::Store::new(&engine, ());
+    let instance = wasmtime::Instance::new(&mut store, &module, &[]).map_err(w)?;
+    let nop = instance
+        .get_typed_func::<(), ()>(&mut store, "nop")
+        .map_err(w)?;
+    let mut samples = Vec::with_capacity(5000);
+    for _ in 0..5000 {
+        let t = now();
+        nop.call(&mut store, ()).map_err(w)?;
+        samples.push(t.elapsed());
+    }
+    Ok(percentile_ms(&mut samples, 50.0) * 1000.0)
+}
+
 /// The machine's limits; fresh pages are measured at `largest_mib`, the largest enclave the
 /// run migrates.
 fn limits(largest_mib: u32) -> Result<Value> {
@@ -192,6 +264,14 @@ fn limits(largest_mib: u32) -> Result<Value> {
     let cpu_per_gib = tcp_cpu_s_per_gib + 1024.0 / channel_one + 2.0 * 1024.0 / memcpy + fresh;
     let by_cpu = cores as f64 * 1024.0 / cpu_per_gib;
     let pipeline = by_cpu.min(tcp).min(channel_all);
+    // Latencies. A store write is durable once the leader's log and one follower's are
+    // synced; they sync at once, the follower after a round trip. A migration waits for a
+    // round trip (PREPARE/READY), a store write (BEGIN), one more trip (FINAL, then
+    // COMMITTED back) and a store write (COMMIT), besides moving the bytes.
+    let fsync_ms = fsync_ms_p50()?;
+    let rtt_us = loopback_rtt_us_p50()?;
+    let commit_limit_ms = fsync_ms + rtt_us / 1000.0;
+    let migration_fixed_ms = 2.0 * commit_limit_ms + 2.0 * rtt_us / 1000.0;
     Ok(json!({
         "cores": cores,
         "memcpy_mib_s": memcpy,
@@ -201,6 +281,11 @@ fn limits(largest_mib: u32) -> Result<Value> {
         "loopback_tcp_cpu_s_per_gib": tcp_cpu_s_per_gib,
         "fresh_pages_cpu_s_per_gib": fresh,
         "pipeline_limit_mib_s": pipeline,
+        "fsync_ms_p50": fsync_ms,
+        "loopback_rtt_us_p50": rtt_us,
+        "wasm_call_us_p50": wasm_call_us_p50()?,
+        "commit_limit_ms": commit_limit_ms,
+        "migration_fixed_limit_ms": migration_fixed_ms,
     }))
 }
 
@@ -356,8 +441,12 @@ fn migrations(
     hosts: &Hosts,
     rt: &tokio::runtime::Runtime,
     sizes: &[u32],
-    limit: f64,
+    limits: &Value,
 ) -> Result<Vec<Value>> {
+    let limit = limits["pipeline_limit_mib_s"].as_f64().unwrap_or(f64::NAN);
+    let fixed_ms = limits["migration_fixed_limit_ms"]
+        .as_f64()
+        .unwrap_or(f64::NAN);
     let mut out = Vec::new();
     for &mib in sizes {
         let id = hosts.deploy(rt, 0, BALLAST)?;
@@ -377,6 +466,9 @@ fn migrations(
         // The kernel counts CPU time in 10 ms ticks: below five, the figure says nothing.
         let per_gib = |secs: f64| (secs >= 0.05).then(|| secs / (bytes / MIB / 1024.0));
         let throughput = bytes / MIB / (transfer_ms / 1000.0);
+        // The least the whole migration could take: the bytes at the pipeline limit, plus
+        // the round trips and store writes no migration can skip.
+        let limit_ms = bytes / MIB / limit * 1000.0 + fixed_ms;
         out.push(json!({
             "size_mib": mib,
             "bytes": r["bytes"],
@@ -384,6 +476,8 @@ fn migrations(
             "downtime_ms": r["downtime_ms"],
             "throughput_mib_s": throughput,
             "throughput_ratio_to_limit": throughput / limit,
+            "limit_ms": limit_ms,
+            "total_ratio_to_limit": limit_ms / r["total_ms"].as_f64().unwrap_or(f64::NAN),
             "steps_ms": r["steps_ms"],
             "peak_rss_mib": { "sender": hosts.peak_rss_mib(0), "receiver": hosts.peak_rss_mib(1) },
             "cpu_s_per_gib": { "sender": per_gib(cpu[0]), "receiver": per_gib(cpu[1]) },
@@ -463,7 +557,6 @@ pub fn run(args: SuiteArgs) -> Result<ExitCode> {
     };
     say("measuring the machine's limits...");
     let limits = limits(args.sizes_mib.iter().copied().max().unwrap_or(16))?;
-    let limit = limits["pipeline_limit_mib_s"].as_f64().unwrap_or(f64::NAN);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -471,7 +564,7 @@ pub fn run(args: SuiteArgs) -> Result<ExitCode> {
     let hosts = Hosts::start(3)?;
     hosts.wait_ready(&rt)?;
     say("migrating ballast enclaves...");
-    let migrations = migrations(&hosts, &rt, &args.sizes_mib, limit)?;
+    let migrations = migrations(&hosts, &rt, &args.sizes_mib, &limits)?;
     say("migrating a small enclave over warm channels...");
     let mut small = small_enclave(&hosts, &rt, args.small_runs.max(1))?;
     drop(hosts);
@@ -541,6 +634,9 @@ fn assemble(
         s.max(r) / size
     });
     let small_p50 = percentile_ms(small, 50.0);
+    // Latencies' ratios are limit / measured: the share of the best possible reached, as
+    // for throughput.
+    let latency_ratio = |key: &str, measured: f64| limits[key].as_f64().map(|l| l / measured);
     // QEMU's figure is size / its total migration time; godwit's, for the same size, too.
     let same_size_mib_s = |q: &Value| {
         migrations
@@ -559,9 +655,12 @@ fn assemble(
         "small_enclave_ms_p50": small_p50,
         "small_enclave_ms_p99": percentile_ms(small, 99.0),
         "small_enclave_runs": small.len(),
+        "small_enclave_ratio_to_limit": latency_ratio("migration_fixed_limit_ms", small_p50),
         "commit_ms_p50": commit_p50,
         "commit_ms_p99": commit_p99,
+        "commit_ratio_to_limit": latency_ratio("commit_limit_ms", commit_p50),
         "ecall_us_p50": ecall_us,
+        "ecall_ratio_to_limit": latency_ratio("wasm_call_us_p50", ecall_us),
         "qemu": qemu,
         "ratio_to_qemu_tls": vs_qemu_tls,
         "ratio_to_qemu_plain": vs_qemu_plain,
@@ -603,11 +702,29 @@ fn print_report(r: &Value) {
         "  pipeline limit           {:>9.0} MiB/s (cores / CPU cost per byte of TCP, crypto, two copies, fresh pages)",
         f(&l["pipeline_limit_mib_s"])
     );
+    println!(
+        "  fsync                    {:>9.2} ms (a 4 KiB write and sync_data, p50)",
+        f(&l["fsync_ms_p50"])
+    );
+    println!(
+        "  loopback round trip      {:>9.1} µs (one byte each way, p50)",
+        f(&l["loopback_rtt_us_p50"])
+    );
+    println!(
+        "  wasmtime call            {:>9.2} µs (an exported function that returns at once, p50)",
+        f(&l["wasm_call_us_p50"])
+    );
+    println!(
+        "  store commit limit       {:>9.2} ms (fsync + round trip); migration fixed limit {:.2} ms (two commits, two round trips)",
+        f(&l["commit_limit_ms"]),
+        f(&l["migration_fixed_limit_ms"])
+    );
     println!("\nmigrations of a paused ballast enclave, host1 -> host2 (3-member store)");
     println!(
-        "{:>8} {:>9} {:>9} {:>10} {:>7} {:>8} {:>8} {:>9} {:>8} {:>8} {:>9} {:>13}",
+        "{:>8} {:>9} {:>9} {:>9} {:>10} {:>7} {:>8} {:>8} {:>9} {:>8} {:>8} {:>9} {:>13}",
         "MiB",
         "total ms",
+        "limit ms",
         "down ms",
         "MiB/s",
         "ratio",
@@ -622,9 +739,10 @@ fn print_report(r: &Value) {
     for m in r["migrations"].as_array().into_iter().flatten() {
         let s = &m["steps_ms"];
         println!(
-            "{:>8.0} {:>9.1} {:>9.1} {:>10.0} {:>7.3} {:>8.2} {:>8.2} {:>9.2} {:>8.1} {:>8.2} {:>9.0} {:>6}|{:<6}",
+            "{:>8.0} {:>9.1} {:>9.1} {:>9.1} {:>10.0} {:>7.3} {:>8.2} {:>8.2} {:>9.2} {:>8.1} {:>8.2} {:>9.0} {:>6}|{:<6}",
             f(&m["size_mib"]),
             f(&m["total_ms"]),
+            f(&m["limit_ms"]),
             f(&m["downtime_ms"]),
             f(&m["throughput_mib_s"]),
             f(&m["throughput_ratio_to_limit"]),
@@ -639,19 +757,22 @@ fn print_report(r: &Value) {
         );
     }
     println!(
-        "\nsmall enclave over warm channels ({} runs): p50 {:.2} ms, p99 {:.2} ms",
+        "\nsmall enclave over warm channels ({} runs): p50 {:.2} ms, p99 {:.2} ms; ratio to limit {:.3}",
         r["small_enclave_runs"],
         f(&r["small_enclave_ms_p50"]),
-        f(&r["small_enclave_ms_p99"])
+        f(&r["small_enclave_ms_p99"]),
+        f(&r["small_enclave_ratio_to_limit"])
     );
     println!(
-        "store commit (3 members, leader): p50 {:.2} ms, p99 {:.2} ms",
+        "store commit (3 members, leader): p50 {:.2} ms, p99 {:.2} ms; ratio to limit {:.3}",
         f(&r["commit_ms_p50"]),
-        f(&r["commit_ms_p99"])
+        f(&r["commit_ms_p99"]),
+        f(&r["commit_ratio_to_limit"])
     );
     println!(
-        "ecall (counter get, in the SM): p50 {:.1} µs",
-        f(&r["ecall_us_p50"])
+        "ecall (counter get, in the SM): p50 {:.2} µs; ratio to limit {:.3}",
+        f(&r["ecall_us_p50"]),
+        f(&r["ecall_ratio_to_limit"])
     );
     match &r["qemu"] {
         Value::Null => println!("QEMU comparison: not run (pass --vs-qemu)"),
