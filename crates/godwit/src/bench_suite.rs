@@ -857,13 +857,22 @@ fn plot(path: &Path, r: &Value) -> Result<()> {
         .label("godwit total (PREPARE to COMMIT)")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
     chart.draw_series(points.iter().map(|&p| Circle::new(p, 4, RED.filled())))?;
-    let line: Vec<(f64, f64)> = [0.5, max_size]
-        .iter()
-        .map(|&s| (s, s / limit * 1000.0))
+    // Bytes at the pipeline limit plus the round trips and store writes every migration
+    // waits for: a curve on these axes, drawn through many points.
+    let fixed_ms = r["limits"]["migration_fixed_limit_ms"]
+        .as_f64()
+        .unwrap_or(0.0);
+    let line: Vec<(f64, f64)> = (0..=100)
+        .map(|i| {
+            let s = 0.5 * (max_size / 0.5).powf(f64::from(i) / 100.0);
+            (s, s / limit * 1000.0 + fixed_ms)
+        })
         .collect();
     chart
         .draw_series(LineSeries::new(line, BLUE.stroke_width(1)))?
-        .label(format!("pipeline limit ({limit:.0} MiB/s)"))
+        .label(format!(
+            "limit: {limit:.0} MiB/s plus {fixed_ms:.2} ms of round trips and store writes"
+        ))
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
     chart
         .configure_series_labels()
