@@ -795,3 +795,82 @@ impl Inner {
             .map(|(_, _, a, _)| a)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raftnet::{StoreRequest, StoreResponse, WriteError};
+
+    /// Polls `f` every 20 ms for up to `secs` seconds.
+    async fn poll<T>(secs: u64, mut f: impl AsyncFnMut() -> Option<T>) -> Option<T> {
+        for _ in 0..secs * 50 {
+            if let Some(v) = f().await {
+                return Some(v);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+
+    /// A member forwards only its own SM's writes: the leader refuses a write whose author
+    /// is not the attested peer that sent it.
+    #[test]
+    fn the_leader_refuses_a_write_forwarded_on_behalf_of_another_host() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let base = crate::cluster::free_base_port(3).expect("free loopback ports");
+            let mut nodes = Vec::new();
+            for f in crate::cluster::init(&dir.path().join("c"), 3, base).unwrap() {
+                nodes.push(Node::start(NodeConfig::load(&f).unwrap()).await.unwrap());
+            }
+            // Member `from` forwards `op` to whichever member leads now (leadership may still
+            // move while the cluster settles; NotLeader answers are retried).
+            let forward = async |from: usize, op: &LedgerOp| {
+                let leader = nodes
+                    .iter()
+                    .position(Node::is_leader)
+                    .filter(|&l| l != from)?;
+                let to = nodes[leader].host().clone();
+                let r = nodes[from]
+                    .inner
+                    .rpc(&to, StoreRequest::Write(op.clone()), Duration::from_secs(5))
+                    .await;
+                match r {
+                    Ok(StoreResponse::Write(Err(WriteError::NotLeader))) | Err(_) => None,
+                    Ok(StoreResponse::Write(r)) => Some((leader, r)),
+                    Ok(_) => panic!("mismatched reply"),
+                }
+            };
+            // A member's own write goes through once the cluster is up; take a member that
+            // does not lead.
+            let (from, other) = poll(20, async || {
+                let leader = nodes.iter().position(Node::is_leader)?;
+                let from = (leader + 1) % 3;
+                match forward(from, &nodes[from].harmless_write()).await? {
+                    (l, Ok(_)) if l != from => Some((from, 3 - from - l)),
+                    _ => None,
+                }
+            })
+            .await
+            .expect("a member's own forwarded write applied within 20 s");
+            // The same member forwarding the third host's write is refused.
+            let forged = nodes[other].harmless_write();
+            let refused = poll(20, async || forward(from, &forged).await)
+                .await
+                .expect("an answer from the leader within 20 s");
+            match refused {
+                (_, Err(WriteError::Refused(why))) => {
+                    assert!(why.contains("on behalf of another host"), "{why}")
+                }
+                (_, r) => panic!("expected a refusal, got {r:?}"),
+            }
+            for n in &nodes {
+                n.shutdown().await;
+            }
+        });
+    }
+}
