@@ -54,12 +54,14 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ClusterErro
 }
 
 /// A base port such that `base + 1 ..= base + hosts` are free on loopback right now (a
-/// small race remains: another process may take one before the node binds it).
+/// small race remains: another process may take one before the node binds it). Bases lie
+/// in 20000..32000, below Linux's default range for outgoing connections' ports (32768 and
+/// up), so that another connection's local port is unlikely to take one in that window.
 pub fn free_base_port(hosts: usize) -> Option<u16> {
     for _ in 0..200 {
         let mut r = [0u8; 2];
         crate::node::host_random(&mut r).ok()?;
-        let base = 20_000 + u16::from_le_bytes(r) % 40_000;
+        let base = 20_000 + u16::from_le_bytes(r) % 12_000;
         let free = (1..=hosts).all(|k| {
             u16::try_from(usize::from(base) + k)
                 .ok()

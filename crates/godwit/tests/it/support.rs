@@ -125,7 +125,7 @@ impl Processes {
 
     /// Polls until every host answers and one leads (bounded).
     pub fn wait_ready(&self, hosts: usize) {
-        poll(Duration::from_secs(60), "cluster ready", || {
+        let ready = poll_until(Duration::from_secs(60), || {
             (1..=hosts).all(|k| {
                 self.status(k).is_some_and(|s| {
                     s["hosts"]
@@ -141,6 +141,7 @@ impl Processes {
                 })
             })
         });
+        assert!(ready, "timed out waiting for cluster ready{}", self.logs());
     }
 
     /// Polls until host `k`'s boot is recorded in its view of the ledger: from then on it
