@@ -37,15 +37,19 @@ pub(crate) fn link(prev: &Link, index: u64, entry: &[u8]) -> Link {
     d.update(prev);
     d.update(&index.to_be_bytes());
     d.update(entry);
+    finish(d)
+}
+
+fn finish(d: ring::digest::Context) -> [u8; 32] {
     let mut out = [0u8; 32];
     out.copy_from_slice(d.finish().as_ref());
     out
 }
 
 /// What a write record vouches for: the last log entry (index and sealed bytes) and the
-/// vote, purge mark, snapshot and chain anchor as stored. A newer record moved into an older file, or a
-/// file whose newest entries were removed, no longer matches. (The committed id, a hint
-/// written without fsync, is left out.)
+/// vote, purge mark, snapshot and chain anchor as stored. A newer record moved into an
+/// older file, or a file whose newest entries were removed, no longer matches. (The
+/// committed id, a hint written without fsync, is left out.)
 fn state_digest(
     logs: &impl ReadableTable<u64, &'static [u8]>,
     meta: &impl ReadableTable<&'static str, &'static [u8]>,
@@ -68,9 +72,7 @@ fn state_digest(
     for key in [VOTE, PURGED, SNAPSHOT, ANCHOR] {
         item(meta.get(key)?.as_ref().map(|v| v.value()));
     }
-    let mut out = [0u8; 32];
-    out.copy_from_slice(d.finish().as_ref());
-    Ok(out)
+    Ok(finish(d))
 }
 
 /// Why the store's files could not be opened.

@@ -21,10 +21,15 @@ fn entry(index: u64) -> Entry<TypeConfig> {
     entry_in(1, index)
 }
 
+/// The id of entry `index` written by the leader of `term` (member 1).
+fn log_id(term: u64, index: u64) -> LogId<u64> {
+    LogId::new(CommittedLeaderId::new(term, 1), index)
+}
+
 /// Entry `index` as the leader of `term` wrote it.
 fn entry_in(term: u64, index: u64) -> Entry<TypeConfig> {
     Entry {
-        log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+        log_id: log_id(term, index),
         payload: EntryPayload::Normal(LedgerOp::Register {
             id: EnclaveId([index as u8; 16]),
             app: Measurement([9; 32]),
@@ -255,24 +260,18 @@ fn truncated_purged_and_appended_logs_reopen() {
         log.blocking_append((1..=5).map(entry).collect::<Vec<_>>())
             .await
             .unwrap();
-        log.truncate(LogId::new(CommittedLeaderId::new(1, 1), 4))
-            .await
-            .unwrap();
+        log.truncate(log_id(1, 4)).await.unwrap();
         drop(log);
         let mut log = reopen();
         log.blocking_append((4..=6).map(|i| entry_in(2, i)).collect::<Vec<_>>())
             .await
             .unwrap();
-        log.purge(LogId::new(CommittedLeaderId::new(1, 1), 2))
-            .await
-            .unwrap();
+        log.purge(log_id(1, 2)).await.unwrap();
         drop(log);
         let mut log = reopen();
         assert_eq!(ids(&mut log, 0..10).await, [(1, 3), (2, 4), (2, 5), (2, 6)]);
         // Purged past the end, as after a snapshot from the leader, then appended on.
-        log.purge(LogId::new(CommittedLeaderId::new(2, 1), 9))
-            .await
-            .unwrap();
+        log.purge(log_id(2, 9)).await.unwrap();
         drop(log);
         let mut log = reopen();
         log.blocking_append((10..=11).map(|i| entry_in(3, i)).collect::<Vec<_>>())
@@ -290,9 +289,7 @@ fn an_overwritten_entry_put_back_mid_log_is_refused() {
     rt().block_on(async {
         let (mut log, _) = godwit_store::open(&path, sealer_with(&nv)).unwrap();
         // A new leader overwrites entries 2 and 3 (uncommitted ones of the old term).
-        log.truncate(LogId::new(CommittedLeaderId::new(1, 1), 2))
-            .await
-            .unwrap();
+        log.truncate(log_id(1, 2)).await.unwrap();
         log.blocking_append((2..=3).map(|i| entry_in(2, i)).collect::<Vec<_>>())
             .await
             .unwrap();
