@@ -37,7 +37,7 @@ use godwit_wire::{EnclaveId, HostId, Manifest, Measurement};
 
 pub use durable::{CallId, CallOutcome};
 pub use host::{BlobStore, HostError, MemoryBlobStore};
-pub use net::{ConnId, STORE_MESSAGE_BYTES_MAX};
+pub use net::{ConnId, RECORD_FRAME_BYTES_MAX, STORE_MESSAGE_BYTES_MAX};
 pub use seal::SealError;
 pub use services::{COUNTERS_MAX, InstanceServices, SLOTS_MAX, UNRECORDED_SEALS_MAX};
 

@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use godwit_attest::{
-    AwaitClientFinish, AwaitServerHello, Channel, Initiator, Opened, RecordBuf, RecordType,
-    Responder,
+    AwaitClientFinish, AwaitServerHello, Channel, HANDSHAKE_MESSAGE_BYTES_MAX, Initiator, Opened,
+    RECORD_OVERHEAD_BYTES, RECORD_PAYLOAD_BYTES_MAX, RecordBuf, RecordType, Responder,
 };
 use godwit_hw::TrustedInstant;
 use godwit_proto::{Deadline, MESSAGE_BYTES_MAX, Message};
@@ -40,6 +40,9 @@ const POOL_BUFFERS_MAX: usize = 2;
 
 /// Largest store payload one record carries.
 pub const STORE_MESSAGE_BYTES_MAX: usize = MESSAGE_BYTES_MAX - 16;
+
+/// Largest frame on an open channel: one record of the largest payload.
+pub const RECORD_FRAME_BYTES_MAX: usize = RECORD_PAYLOAD_BYTES_MAX + RECORD_OVERHEAD_BYTES;
 
 /// A connection to a peer SM, as the host and the SM both name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -314,6 +317,17 @@ impl Monitor {
         }
         self.send_channel(conn, &ChannelMessage::Store(bytes), "store message");
         true
+    }
+
+    /// The largest frame the host may read next on `conn`: a handshake message until the
+    /// peer has attested, a record after; 0 for a connection the SM does not hold. A peer
+    /// that has not attested cannot make the host buffer more than a handshake message.
+    pub fn frame_bytes_max(&self, conn: ConnId) -> usize {
+        match self.net.conns.get(&conn).map(|c| &c.state) {
+            Some(State::Open(_)) => RECORD_FRAME_BYTES_MAX,
+            Some(_) => HANDSHAKE_MESSAGE_BYTES_MAX,
+            None => 0,
+        }
     }
 
     /// One frame from the peer on `conn`: a handshake message or a record. The record is

@@ -25,10 +25,9 @@ use crate::raftnet::{
     Admin, AdminError, RaftNet, RpcFail, StoreMsg, StoreRequest, StoreResponse, WriteError,
 };
 
-/// Largest frame read from a peer: one record of the largest payload, or a handshake
-/// message.
-pub const FRAME_BYTES_MAX: usize =
-    godwit_attest::RECORD_PAYLOAD_BYTES_MAX + godwit_attest::RECORD_OVERHEAD_BYTES;
+/// Largest frame read from a peer that has attested: one record of the largest payload.
+/// Before that, the SM allows only a handshake message ([`Monitor::frame_bytes_max`]).
+pub const FRAME_BYTES_MAX: usize = godwit_monitor::RECORD_FRAME_BYTES_MAX;
 /// How long a write may wait for the store before the SM is told it is unavailable.
 const PROPOSE_TIMEOUT: Duration = Duration::from_millis(2500);
 /// A peer whose dial failed is not dialled again for this long (the Raft RPC to it fails
@@ -252,14 +251,16 @@ impl Inner {
     /// why.
     async fn read_frames(self: &Arc<Self>, conn: ConnId, rd: &mut OwnedReadHalf) -> std::io::Error {
         let mut buf = Vec::new();
+        // The SM says how large a frame may be: small until the peer has attested.
+        let mut max = self.with(|m| m.frame_bytes_max(conn));
         loop {
             let mut len = [0u8; 4];
             if let Err(e) = rd.read_exact(&mut len).await {
                 return e;
             }
             let len = u32::from_be_bytes(len) as usize;
-            if len > FRAME_BYTES_MAX {
-                return std::io::Error::other(format!("frame of {len} bytes"));
+            if len > max {
+                return std::io::Error::other(format!("frame of {len} bytes, over {max}"));
             }
             // The buffer only grows: a large frame after a small one is not zeroed again.
             if buf.len() < len {
@@ -269,7 +270,14 @@ impl Inner {
             if let Err(e) = rd.read_exact(frame).await {
                 return e;
             }
-            self.with(|m| m.handle_frame(conn, frame));
+            if max == FRAME_BYTES_MAX {
+                self.with(|m| m.handle_frame(conn, frame));
+            } else {
+                max = self.with(|m| {
+                    m.handle_frame(conn, frame);
+                    m.frame_bytes_max(conn)
+                });
+            }
         }
     }
 
@@ -810,6 +818,49 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         None
+    }
+
+    /// A peer that has not attested cannot make a node buffer a record-sized frame: a
+    /// frame announced just over a handshake message closes the connection before its body
+    /// is read; a handshake-sized one is read, and closes it only once it fails to attest.
+    #[test]
+    fn a_peer_that_has_not_attested_cannot_announce_a_large_frame() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let base = crate::cluster::free_base_port(1).expect("free loopback ports");
+            let files = crate::cluster::init(&dir.path().join("c"), 1, base).unwrap();
+            let mut cfg = NodeConfig::load(&files[0]).unwrap();
+            // The handshake deadline must not be what closes the connection.
+            cfg.timeouts.handshake_ms = 120_000;
+            let addr = cfg.listen.clone();
+            let node = Node::start(cfg).await.unwrap();
+            // Sends a header announcing `len` bytes, then `body` of them; returns whether the
+            // node closed the connection within 20 s.
+            let closed_after = async |len: usize, body: usize| {
+                let mut s = TcpStream::connect(&addr).await.unwrap();
+                s.write_all(&u32::try_from(len).unwrap().to_be_bytes())
+                    .await
+                    .unwrap();
+                s.write_all(&vec![0x5a; body]).await.unwrap();
+                let mut byte = [0u8; 1];
+                let read = tokio::time::timeout(Duration::from_secs(20), s.read(&mut byte));
+                matches!(read.await, Ok(Ok(0) | Err(_)))
+            };
+            let small = godwit_attest::HANDSHAKE_MESSAGE_BYTES_MAX;
+            assert!(
+                closed_after(small + 1, 0).await,
+                "a frame over a handshake message, announced before attesting, is refused"
+            );
+            assert!(
+                closed_after(small, small).await,
+                "a handshake-sized frame is read and fails to attest"
+            );
+            node.shutdown().await;
+        });
     }
 
     /// A member forwards only its own SM's writes: the leader refuses a write whose author
