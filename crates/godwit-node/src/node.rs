@@ -823,105 +823,93 @@ mod tests {
     /// A peer that has not attested cannot make a node buffer a record-sized frame: a
     /// frame announced just over a handshake message closes the connection before its body
     /// is read; a handshake-sized one is read, and closes it only once it fails to attest.
-    #[test]
-    fn a_peer_that_has_not_attested_cannot_announce_a_large_frame() {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let dir = tempfile::tempdir().unwrap();
-            let base = crate::cluster::free_base_port(1).expect("free loopback ports");
-            let files = crate::cluster::init(&dir.path().join("c"), 1, base).unwrap();
-            let mut cfg = NodeConfig::load(&files[0]).unwrap();
-            // The handshake deadline must not be what closes the connection.
-            cfg.timeouts.handshake_ms = 120_000;
-            let addr = cfg.listen.clone();
-            let node = Node::start(cfg).await.unwrap();
-            // Sends a header announcing `len` bytes, then `body` of them; returns whether the
-            // node closed the connection within 20 s.
-            let closed_after = async |len: usize, body: usize| {
-                let mut s = TcpStream::connect(&addr).await.unwrap();
-                s.write_all(&u32::try_from(len).unwrap().to_be_bytes())
-                    .await
-                    .unwrap();
-                s.write_all(&vec![0x5a; body]).await.unwrap();
-                let mut byte = [0u8; 1];
-                let read = tokio::time::timeout(Duration::from_secs(20), s.read(&mut byte));
-                matches!(read.await, Ok(Ok(0) | Err(_)))
-            };
-            let small = godwit_attest::HANDSHAKE_MESSAGE_BYTES_MAX;
-            assert!(
-                closed_after(small + 1, 0).await,
-                "a frame over a handshake message, announced before attesting, is refused"
-            );
-            assert!(
-                closed_after(small, small).await,
-                "a handshake-sized frame is read and fails to attest"
-            );
-            node.shutdown().await;
-        });
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_peer_that_has_not_attested_cannot_announce_a_large_frame() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = crate::cluster::free_base_port(1).expect("free loopback ports");
+        let files = crate::cluster::init(&dir.path().join("c"), 1, base).unwrap();
+        let mut cfg = NodeConfig::load(&files[0]).unwrap();
+        // The handshake deadline must not be what closes the connection.
+        cfg.timeouts.handshake_ms = 120_000;
+        let addr = cfg.listen.clone();
+        let node = Node::start(cfg).await.unwrap();
+        // Sends a header announcing `len` bytes, then `body` of them; returns whether the
+        // node closed the connection within 20 s.
+        let closed_after = async |len: usize, body: usize| {
+            let mut s = TcpStream::connect(&addr).await.unwrap();
+            s.write_all(&u32::try_from(len).unwrap().to_be_bytes())
+                .await
+                .unwrap();
+            s.write_all(&vec![0x5a; body]).await.unwrap();
+            let mut byte = [0u8; 1];
+            let read = tokio::time::timeout(Duration::from_secs(20), s.read(&mut byte));
+            matches!(read.await, Ok(Ok(0) | Err(_)))
+        };
+        let small = godwit_attest::HANDSHAKE_MESSAGE_BYTES_MAX;
+        assert!(
+            closed_after(small + 1, 0).await,
+            "a frame over a handshake message, announced before attesting, is refused"
+        );
+        assert!(
+            closed_after(small, small).await,
+            "a handshake-sized frame is read and fails to attest"
+        );
+        node.shutdown().await;
     }
 
     /// A member forwards only its own SM's writes: the leader refuses a write whose author
     /// is not the attested peer that sent it.
-    #[test]
-    fn the_leader_refuses_a_write_forwarded_on_behalf_of_another_host() {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let dir = tempfile::tempdir().unwrap();
-            let base = crate::cluster::free_base_port(3).expect("free loopback ports");
-            let mut nodes = Vec::new();
-            for f in crate::cluster::init(&dir.path().join("c"), 3, base).unwrap() {
-                nodes.push(Node::start(NodeConfig::load(&f).unwrap()).await.unwrap());
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_leader_refuses_a_write_forwarded_on_behalf_of_another_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = crate::cluster::free_base_port(3).expect("free loopback ports");
+        let mut nodes = Vec::new();
+        for f in crate::cluster::init(&dir.path().join("c"), 3, base).unwrap() {
+            nodes.push(Node::start(NodeConfig::load(&f).unwrap()).await.unwrap());
+        }
+        // Member `from` forwards `op` to whichever member leads now (leadership may still
+        // move while the cluster settles; NotLeader answers are retried).
+        let forward = async |from: usize, op: &LedgerOp| {
+            let leader = nodes
+                .iter()
+                .position(Node::is_leader)
+                .filter(|&l| l != from)?;
+            let to = nodes[leader].host().clone();
+            let r = nodes[from]
+                .inner
+                .rpc(&to, StoreRequest::Write(op.clone()), Duration::from_secs(5))
+                .await;
+            match r {
+                Ok(StoreResponse::Write(Err(WriteError::NotLeader))) | Err(_) => None,
+                Ok(StoreResponse::Write(r)) => Some((leader, r)),
+                Ok(_) => panic!("mismatched reply"),
             }
-            // Member `from` forwards `op` to whichever member leads now (leadership may still
-            // move while the cluster settles; NotLeader answers are retried).
-            let forward = async |from: usize, op: &LedgerOp| {
-                let leader = nodes
-                    .iter()
-                    .position(Node::is_leader)
-                    .filter(|&l| l != from)?;
-                let to = nodes[leader].host().clone();
-                let r = nodes[from]
-                    .inner
-                    .rpc(&to, StoreRequest::Write(op.clone()), Duration::from_secs(5))
-                    .await;
-                match r {
-                    Ok(StoreResponse::Write(Err(WriteError::NotLeader))) | Err(_) => None,
-                    Ok(StoreResponse::Write(r)) => Some((leader, r)),
-                    Ok(_) => panic!("mismatched reply"),
-                }
-            };
-            // A member's own write goes through once the cluster is up; take a member that
-            // does not lead.
-            let (from, other) = poll(20, async || {
-                let leader = nodes.iter().position(Node::is_leader)?;
-                let from = (leader + 1) % 3;
-                match forward(from, &nodes[from].harmless_write()).await? {
-                    (l, Ok(_)) if l != from => Some((from, 3 - from - l)),
-                    _ => None,
-                }
-            })
+        };
+        // A member's own write goes through once the cluster is up; take a member that
+        // does not lead.
+        let (from, other) = poll(20, async || {
+            let leader = nodes.iter().position(Node::is_leader)?;
+            let from = (leader + 1) % 3;
+            match forward(from, &nodes[from].harmless_write()).await? {
+                (l, Ok(_)) if l != from => Some((from, 3 - from - l)),
+                _ => None,
+            }
+        })
+        .await
+        .expect("a member's own forwarded write applied within 20 s");
+        // The same member forwarding the third host's write is refused.
+        let forged = nodes[other].harmless_write();
+        let refused = poll(20, async || forward(from, &forged).await)
             .await
-            .expect("a member's own forwarded write applied within 20 s");
-            // The same member forwarding the third host's write is refused.
-            let forged = nodes[other].harmless_write();
-            let refused = poll(20, async || forward(from, &forged).await)
-                .await
-                .expect("an answer from the leader within 20 s");
-            match refused {
-                (_, Err(WriteError::Refused(why))) => {
-                    assert!(why.contains("on behalf of another host"), "{why}")
-                }
-                (_, r) => panic!("expected a refusal, got {r:?}"),
+            .expect("an answer from the leader within 20 s");
+        match refused {
+            (_, Err(WriteError::Refused(why))) => {
+                assert!(why.contains("on behalf of another host"), "{why}")
             }
-            for n in &nodes {
-                n.shutdown().await;
-            }
-        });
+            (_, r) => panic!("expected a refusal, got {r:?}"),
+        }
+        for n in &nodes {
+            n.shutdown().await;
+        }
     }
 }
