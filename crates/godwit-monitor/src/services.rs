@@ -17,7 +17,7 @@ pub const SLOTS_MAX: usize = 64;
 pub const COUNTERS_MAX: usize = 64;
 /// Most versions of one slot sealed and not yet recorded by the store. A fresh instance of
 /// a lost enclave starts its versions past this window, so that no version number is ever
-/// sealed twice (see [`InstanceServices::adopt_durable`]).
+/// sealed twice (see `InstanceServices::adopt_durable`).
 pub const UNRECORDED_SEALS_MAX: u64 = 1024;
 
 /// What the SM remembers of one sealed slot.

@@ -1,12 +1,13 @@
 //! A seeded, deterministic simulation of a godwit cluster.
 //!
-//! It runs the real sans-IO code: each host is a [`Monitor`] on [`SimHardware`], speaking
+//! It runs the real sans-IO code: each host is a [`godwit_monitor::Monitor`] on
+//! [`godwit_hw::SimHardware`], speaking
 //! the real handshake, record layer and migration protocol. Around them the simulator
 //! plays everything untrusted or unreliable:
 //!
 //! - a **network** that delays, drops, duplicates, reorders and corrupts frames, partitions
 //!   hosts from each other, and refuses or resets connections;
-//! - the **store**: one linearizable ledger (the real [`Ledger`], applied in one order)
+//! - the **store**: one linearizable ledger (the real [`godwit_proto::Ledger`], applied in one order)
 //!   whose writes take time, fail for hosts cut off from it, and sometimes apply without
 //!   the host hearing so (the reply is lost, the host is told "unavailable");
 //! - the **hosts**: their trusted timers drift apart, they call the SM's timer early and
@@ -15,7 +16,7 @@
 //! - an **operator**: deploys enclaves up to and past their limits, calls them, migrates
 //!   them, drains hosts, cancels migrations, and adopts enclaves recorded lost.
 //!
-//! One `u64` seed decides every choice. After every step, [`invariants`] are checked; a
+//! One `u64` seed decides every choice. After every step, the invariants (`invariants.rs`) are checked; a
 //! violation stops the run and names the seed that reproduces it. A run is a safety phase
 //! under chaos, then a liveness phase: faults stop, partitions heal, hosts come back, and
 //! every migration must resolve and every enclave end up running on exactly one host or

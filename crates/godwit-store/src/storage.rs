@@ -110,7 +110,7 @@ pub(crate) fn log_label(index: u64) -> Vec<u8> {
 /// The database and the sealer, shared by the log store and the state machine.
 ///
 /// Freshness: every durable write carries the next write number (the sealed
-/// [`GENERATION`] item) and moves the hardware's monotonic counter to it before it is
+/// `GENERATION` item) and moves the hardware's monotonic counter to it before it is
 /// acknowledged. A file whose last write number is below the counter is an older copy, and
 /// is refused ([`OpenError::RolledBack`]); one above it is a write that completed just
 /// before a crash and was never acknowledged.

@@ -53,7 +53,7 @@ fn cpu_seconds() -> f64 {
     process_cpu_seconds("self")
 }
 
-/// A process's CPU time so far (user + system), from /proc/<pid>/stat (Linux, 100 Hz
+/// A process's CPU time so far (user + system), from `/proc/<pid>/stat` (Linux, 100 Hz
 /// ticks); 0 where that file does not exist.
 fn process_cpu_seconds(pid: &str) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
