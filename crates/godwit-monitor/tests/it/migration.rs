@@ -6,7 +6,7 @@ use godwit_enclave::examples::{BALLAST, COUNTER, VAULT};
 use godwit_monitor::{EnclaveState, Event, MonitorError};
 use godwit_proto::{AbortReason, RecordState, RefuseReason, TimeoutConfig, Wait};
 
-use crate::world::{Verdict, World, h};
+use crate::world::{World, h};
 
 fn running_at(w: &World, id: godwit_wire::EnclaveId) -> Vec<String> {
     w.copies(id)
@@ -209,13 +209,7 @@ fn timeout_waiting_for_ready_leaves_the_enclave_running() {
     let id = w.deploy("a", COUNTER);
     w.call("a", id, "incr");
     // b's READY (its second frame on the link, after the ServerHello) never arrives.
-    w.filter = Box::new(|f| {
-        if f.from.as_str() == "b" && f.index >= 1 {
-            Verdict::Hold
-        } else {
-            Verdict::Deliver
-        }
-    });
+    w.stall_from("b", 1);
     w.sm("a").migrate(id, h("b")).unwrap();
     let err = w.finish_migration("a").unwrap_err();
     assert!(
@@ -252,13 +246,7 @@ fn timeout_waiting_for_a_data_chunk_aborts_and_the_source_resumes() {
     w.call_raw("a", id, "fill", b"3").unwrap();
     let sum = w.call("a", id, "checksum");
     // a→b: ClientHello, ClientFinish, PREPARE, TRANSFER, MODULE, MEMORY(1 MiB), then stall.
-    w.filter = Box::new(|f| {
-        if f.from.as_str() == "a" && f.index >= 6 {
-            Verdict::Hold
-        } else {
-            Verdict::Deliver
-        }
-    });
+    w.stall_from("a", 6);
     w.sm("a").migrate(id, h("b")).unwrap();
     let err = w.finish_migration("a").unwrap_err();
     // The receiver timed out on the chunk and recorded ABORT; the sender learnt it.
@@ -336,13 +324,7 @@ fn timeout_waiting_for_the_decision_commit_wins_when_committed_is_lost() {
     let id = w.deploy("a", COUNTER);
     w.call("a", id, "incr");
     // b's COMMITTED (its third frame: ServerHello, READY, COMMITTED) never reaches a.
-    w.filter = Box::new(|f| {
-        if f.from.as_str() == "b" && f.index >= 2 {
-            Verdict::Hold
-        } else {
-            Verdict::Deliver
-        }
-    });
+    w.stall_from("b", 2);
     w.sm("a").migrate(id, h("b")).unwrap();
     // a times out, asks the store to ABORT, and learns that COMMIT won: it wipes its copy.
     let report = w.finish_migration("a").unwrap();
@@ -358,13 +340,7 @@ fn reboot_of_the_receiver_mid_transfer_aborts_and_the_source_resumes() {
     let id = w.deploy("a", BALLAST);
     w.call_raw("a", id, "fill", b"3").unwrap();
     let sum = w.call("a", id, "checksum");
-    w.filter = Box::new(|f| {
-        if f.from.as_str() == "a" && f.index >= 6 {
-            Verdict::Hold
-        } else {
-            Verdict::Deliver
-        }
-    });
+    w.stall_from("a", 6);
     w.sm("a").migrate(id, h("b")).unwrap();
     w.run_until(Duration::from_secs(1), |w| {
         w.sm_ref("a").info(id).unwrap().state == EnclaveState::Migrating
@@ -384,13 +360,7 @@ fn reboot_of_the_sender_mid_transfer_leaves_no_copy_running() {
     let mut w = World::new(&["a", "b"]);
     let id = w.deploy("a", BALLAST);
     w.call_raw("a", id, "fill", b"3").unwrap();
-    w.filter = Box::new(|f| {
-        if f.from.as_str() == "a" && f.index >= 6 {
-            Verdict::Hold
-        } else {
-            Verdict::Deliver
-        }
-    });
+    w.stall_from("a", 6);
     w.sm("a").migrate(id, h("b")).unwrap();
     w.run_until(Duration::from_secs(1), |w| {
         w.ledger
@@ -419,13 +389,7 @@ fn reboot_of_the_sender_after_the_last_chunk_lets_the_receiver_commit() {
     w.call("a", id, "incr");
     w.call("a", id, "incr");
     // COMMITTED never reaches a; a reboots once b holds everything.
-    w.filter = Box::new(|f| {
-        if f.from.as_str() == "b" && f.index >= 2 {
-            Verdict::Hold
-        } else {
-            Verdict::Deliver
-        }
-    });
+    w.stall_from("b", 2);
     w.sm("a").migrate(id, h("b")).unwrap();
     assert!(w.run_until(Duration::from_secs(60), |w| w.finished("b").len() == 1));
     w.reboot("a");

@@ -7,7 +7,7 @@ use godwit_monitor::{CallOutcome, EnclaveState, Event};
 use godwit_proto::RecordState;
 use godwit_wire::Manifest;
 
-use crate::world::{Verdict, World, h};
+use crate::world::{World, h};
 
 const COUNTERS_WAT: &str = r#"(module
   (import "godwit" "counter_create" (func $create (param i32 i32) (result i32)))
@@ -227,13 +227,7 @@ fn an_abort_after_the_sender_restarted_leaves_the_enclave_lost() {
     let mut w = World::new(&["a", "b"]);
     let id = w.deploy("a", BALLAST);
     w.sm("a").call(id, "fill", b"3").unwrap();
-    w.filter = Box::new(|f| {
-        if f.from.as_str() == "a" && f.index >= 6 {
-            Verdict::Hold
-        } else {
-            Verdict::Deliver
-        }
-    });
+    w.stall_from("a", 6);
     w.sm("a").migrate(id, h("b")).unwrap();
     w.run_until(Duration::from_secs(1), |w| {
         w.ledger

@@ -297,6 +297,19 @@ impl World {
         }
     }
 
+    /// Stalls every link direction out of `from` at its frame number `index` (counted from
+    /// 0): that frame and all after it are held until [`World::release`].
+    pub fn stall_from(&mut self, from: &str, index: usize) {
+        let from = h(from);
+        self.filter = Box::new(move |f| {
+            if *f.from == from && f.index >= index {
+                Verdict::Hold
+            } else {
+                Verdict::Deliver
+            }
+        });
+    }
+
     /// Ends every stall: held frames go out in order, and the filter delivers everything.
     pub fn release(&mut self) {
         self.filter = Box::new(|_| Verdict::Deliver);
