@@ -309,15 +309,17 @@ fn a_forged_sm_at_a_peers_address_is_refused() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    let mut forged = godwit()
-        .arg("node")
-        .arg("--config")
-        .arg(rogue.join("host2.toml"))
-        .env("GODWIT_LOG", "debug,openraft=warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(p.dir.path().join("rogue.log")).unwrap())
-        .spawn()
-        .unwrap();
+    let forged = KillOnDrop(
+        godwit()
+            .arg("node")
+            .arg("--config")
+            .arg(rogue.join("host2.toml"))
+            .env("GODWIT_LOG", "debug,openraft=warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(p.dir.path().join("rogue.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
     redirect(&p, 1, 2, &listen_of(&rogue.join("host2.toml")));
     // The genuine host2 stays down: host1 and host3 make the majority. (Were it up, it
     // could win an election with host3's vote, and host1, which reaches only the forgery
@@ -337,8 +339,7 @@ fn a_forged_sm_at_a_peers_address_is_refused() {
     let id = p.deploy(1, "counter");
     p.ok(1, &["call", &id, "incr"]);
     let out = p.cli(1, &["migrate", &id, "--to", "host2"]);
-    let _ = forged.kill();
-    let _ = forged.wait();
+    drop(forged);
     assert!(!out.status.success());
     let log = std::fs::read_to_string(p.dir.path().join("host1.log")).unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -277,6 +277,17 @@ pub fn leader(p: &Processes, k: usize) -> usize {
     id.trim_start_matches("host").parse().unwrap()
 }
 
+/// A process outside [`Processes`], killed and reaped when this drops, also when the test
+/// panics (else it outlives the test run).
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts `godwit migrate` against host `from` without waiting for it.
 pub fn migrate_in_background(p: &Processes, from: usize, id: &str, to: usize) -> Child {
     godwit()
