@@ -93,11 +93,10 @@ async fn handle(inner: Arc<Inner>, stream: tokio::net::UnixStream) {
         } => call(&inner, &enclave, &function, &arg).await,
         Command::Migrate { enclave, to } => migrate(&inner, &enclave, &to, &mut w).await,
         Command::Destroy { enclave } => match parse_enclave(&enclave) {
-            Ok(id) => inner
-                .with(|m| m.destroy(id))
-                .map_or_else(monitor_err, |()| {
-                    Response::Ok(json!({ "destroyed": enclave }))
-                }),
+            Ok(id) => inner.with(|m| m.destroy(id)).map_or_else(
+                |e| monitor_err(&inner, e),
+                |()| Response::Ok(json!({ "destroyed": enclave })),
+            ),
             Err(e) => e,
         },
         Command::Status => Response::Ok(status(&inner)),
@@ -166,8 +165,22 @@ fn monitor_code(e: &MonitorError) -> &'static str {
     }
 }
 
-fn monitor_err(e: MonitorError) -> Response {
-    err(monitor_code(&e), e)
+/// The SM's refusal; for an enclave this host does not hold, also where this host's copy
+/// of the store last saw it (most often: it was migrated away).
+fn monitor_err(inner: &Inner, e: MonitorError) -> Response {
+    let MonitorError::UnknownEnclave(id) = &e else {
+        return err(monitor_code(&e), e);
+    };
+    let record = inner.ledger.read(|d| {
+        d.ledger
+            .get(id)
+            .map(|r| (r.owner.to_string(), r.state.name()))
+    });
+    let hint = match record {
+        Some((owner, state)) => format!("; the store records it on {owner}, {state}"),
+        None => "; the store has no record of it".to_owned(),
+    };
+    err(monitor_code(&e), format!("{e}{hint}"))
 }
 
 async fn deploy(
@@ -191,7 +204,7 @@ async fn deploy(
     };
     let id = match created {
         Ok(id) => id,
-        Err(e) => return monitor_err(e),
+        Err(e) => return monitor_err(inner, e),
     };
     let wait = async {
         loop {
@@ -252,7 +265,7 @@ async fn call(inner: &Arc<Inner>, enclave: &str, function: &str, arg: &str) -> R
                 }
             }
         }
-        Err(e) => return monitor_err(e),
+        Err(e) => return monitor_err(inner, e),
     };
     match String::from_utf8(out) {
         Ok(text) => Response::Ok(json!({ "result": text })),
@@ -348,7 +361,7 @@ async fn migrate_once(
     let mut events = inner.events.subscribe();
     let migration = match inner.with(|m| m.migrate(id, to)) {
         Ok(m) => m,
-        Err(e) => return Attempt::NotStarted(monitor_err(e)),
+        Err(e) => return Attempt::NotStarted(monitor_err(inner, e)),
     };
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {

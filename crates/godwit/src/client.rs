@@ -134,30 +134,29 @@ pub fn status(config: &Path, json: bool) -> Result<ExitCode> {
         println!("{v}");
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
-        "{:<10} {:<22} {:<5} {:<6}",
-        "host", "address", "up", "leader"
-    );
+    // JSON values ignore a width: the padded columns are formatted as strings.
+    println!("{:<10} {:<22} {:<5} leader", "host", "address", "up");
     for h in v["hosts"].as_array().into_iter().flatten() {
-        println!(
-            "{:<10} {:<22} {:<5} {:<6}",
+        let line = format!(
+            "{:<10} {:<22} {:<5} {}",
             h["id"].as_str().unwrap_or_default(),
             h["addr"].as_str().unwrap_or_default(),
-            h["up"],
+            h["up"].to_string(),
             if h["leader"] == true { "*" } else { "" }
         );
+        println!("{}", line.trim_end());
     }
     println!(
-        "\n{:<34} {:<10} {:<10} {:<6} {:<10}",
-        "enclave", "app", "owner", "epoch", "state"
+        "\n{:<34} {:<10} {:<10} {:<6} state",
+        "enclave", "app", "owner", "epoch"
     );
     for e in v["enclaves"].as_array().into_iter().flatten() {
         println!(
-            "{:<34} {:<10} {:<10} {:<6} {:<10}",
+            "{:<34} {:<10} {:<10} {:<6} {}",
             e["id"].as_str().unwrap_or_default(),
             e["app"].as_str().unwrap_or_default(),
             e["owner"].as_str().unwrap_or_default(),
-            e["epoch"],
+            e["epoch"].to_string(),
             e["state"].as_str().unwrap_or_default()
         );
     }
