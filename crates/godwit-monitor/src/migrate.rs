@@ -254,7 +254,7 @@ impl Monitor {
     }
 
     /// A connection ended: the migrations on it learn so.
-    pub(crate) fn connection_lost(&mut self, conn: ConnId, reason: Option<String>) {
+    pub(crate) fn connection_lost(&mut self, conn: ConnId, reason: Option<AbortReason>) {
         let now = self.hw.now();
         let outs: Vec<MigrationId> = self
             .migrations
@@ -272,9 +272,7 @@ impl Monitor {
                 None => {
                     let enclave = o.enclave;
                     self.migrations.out.remove(&m);
-                    let why = reason
-                        .clone()
-                        .map_or(AbortReason::ConnectionLost, AbortReason::Attestation);
+                    let why = reason.clone().unwrap_or(AbortReason::ConnectionLost);
                     self.event(Event::MigrationFinished {
                         migration: m,
                         enclave,

@@ -10,7 +10,7 @@ use godwit_attest::{
     RECORD_OVERHEAD_BYTES, RECORD_PAYLOAD_BYTES_MAX, RecordBuf, RecordType, Responder,
 };
 use godwit_hw::TrustedInstant;
-use godwit_proto::{Deadline, MESSAGE_BYTES_MAX, Message};
+use godwit_proto::{AbortReason, Deadline, MESSAGE_BYTES_MAX, Message};
 use godwit_wire::HostId;
 
 use serde::{Deserialize, Serialize};
@@ -201,6 +201,15 @@ impl Monitor {
         }
     }
 
+    /// The host could not connect `conn` to its peer, for the reason `why` (a migration
+    /// waiting for it fails naming it); otherwise as [`Monitor::disconnected`].
+    pub fn dial_failed(&mut self, conn: ConnId, why: String) {
+        if self.net.conns.remove(&conn).is_some() {
+            self.connection_lost(conn, Some(AbortReason::Unreachable(why)));
+            self.check_invariants();
+        }
+    }
+
     /// Gives up a connection: tells the host to close it and fails what depended on it.
     fn drop_conn(&mut self, conn: ConnId, reason: String) {
         tracing::warn!(%conn, %reason, "closing connection");
@@ -210,7 +219,7 @@ impl Monitor {
             conn,
             reason: reason.clone(),
         });
-        self.connection_lost(conn, Some(reason));
+        self.connection_lost(conn, Some(AbortReason::Attestation(reason)));
     }
 
     /// The next frame to send on `conn`, if any: handshake messages and control records

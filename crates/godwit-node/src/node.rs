@@ -30,6 +30,8 @@ use crate::raftnet::{
 pub const FRAME_BYTES_MAX: usize = godwit_monitor::RECORD_FRAME_BYTES_MAX;
 /// How long a write may wait for the store before the SM is told it is unavailable.
 const PROPOSE_TIMEOUT: Duration = Duration::from_millis(2500);
+/// How long a connection to a peer may take to be accepted.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(2);
 /// A peer whose dial failed is not dialled again for this long (the Raft RPC to it fails
 /// at once as unreachable, so openraft backs off).
 const REDIAL_BACKOFF: Duration = Duration::from_millis(500);
@@ -164,31 +166,22 @@ impl Inner {
     }
 
     async fn dial(self: Arc<Self>, conn: ConnId, peer: HostId) {
-        let addr = self.address_of(&peer);
-        let stream = match addr {
-            Some(addr) => {
-                tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(&addr)).await
-            }
-            None => {
-                tracing::warn!(%peer, "no address configured for peer");
-                return self.with(|m| m.disconnected(conn));
-            }
+        let Some(addr) = self.address_of(&peer) else {
+            tracing::warn!(%peer, "no address configured for peer");
+            let why = format!("no address is configured for {peer}");
+            return self.with(|m| m.dial_failed(conn, why));
         };
-        match stream {
+        let why = match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(&addr)).await {
             Ok(Ok(stream)) => {
                 lock(&self.unreachable).remove(&peer);
-                self.run_conn(conn, stream, true).await;
+                return self.run_conn(conn, stream, true).await;
             }
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, error = %e, "dial failed");
-                lock(&self.unreachable).insert(peer, host_now());
-                self.with(|m| m.disconnected(conn));
-            }
-            Err(_) => {
-                lock(&self.unreachable).insert(peer, host_now());
-                self.with(|m| m.disconnected(conn));
-            }
-        }
+            Ok(Err(e)) => format!("{peer} at {addr}: {e}"),
+            Err(_) => format!("{peer} at {addr}: no answer in {DIAL_TIMEOUT:?}"),
+        };
+        tracing::debug!(%peer, error = %why, "dial failed");
+        lock(&self.unreachable).insert(peer, host_now());
+        self.with(|m| m.dial_failed(conn, why));
     }
 
     /// Reads frames into the SM and writes the frames it produces, until either side ends.

@@ -313,6 +313,8 @@ pub enum AbortReason {
     Attestation(String),
     /// The host asked to stop.
     Cancelled,
+    /// The host could not connect to the peer at all.
+    Unreachable(String),
 }
 
 impl AbortReason {
@@ -344,6 +346,7 @@ impl AbortReason {
             Self::State(_) => "state_error",
             Self::Attestation(_) => "attestation_failed",
             Self::Cancelled => "cancelled",
+            Self::Unreachable(_) => "peer_unreachable",
         }
     }
 }
@@ -367,6 +370,7 @@ impl fmt::Display for AbortReason {
             Self::State(why) => write!(f, "enclave state: {why}"),
             Self::Attestation(why) => write!(f, "attestation: {why}"),
             Self::Cancelled => f.write_str("cancelled"),
+            Self::Unreachable(why) => write!(f, "cannot reach the peer: {why}"),
         }
     }
 }

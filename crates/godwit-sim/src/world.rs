@@ -516,7 +516,7 @@ impl World {
                     sm.connected(conn_of(&from));
                 } else {
                     let sm = self.hosts[from.0].sm.as_mut().expect("current");
-                    sm.disconnected(conn_of(&from));
+                    sm.dial_failed(conn_of(&from), "refused by the network".to_owned());
                 }
             }
             Ev::Reset { at } => {

@@ -40,6 +40,31 @@ fn deploy_call_migrate_call_across_processes() {
 }
 
 #[test]
+fn a_migration_to_a_host_that_is_down_names_it_and_the_enclave_stays() {
+    let mut p = Processes::laid_out(3);
+    for k in [1, 2] {
+        p.spawn(k);
+    }
+    p.wait_leader(1);
+    let id = p.deploy(1, "counter");
+    assert_eq!(p.ok(1, &["call", &id, "incr"]), "1");
+    let out = p.cli(1, &["migrate", &id, "--to", "host3"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot reach the peer: host3 at 127.0.0.1:")
+            && err.contains("[peer_unreachable]")
+            && err.lines().count() == 1,
+        "{err}"
+    );
+    assert_eq!(
+        p.ok(1, &["call", &id, "incr"]),
+        "2",
+        "it still runs at the source"
+    );
+}
+
+#[test]
 fn bad_input_gets_one_line_errors() {
     let p = Processes::start(3);
     let cases: &[&[&str]] = &[

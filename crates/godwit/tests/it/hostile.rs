@@ -327,15 +327,7 @@ fn a_forged_sm_at_a_peers_address_is_refused() {
     for k in [1, 3] {
         p.spawn(k);
     }
-    poll(Duration::from_secs(60), "a leader", || {
-        p.status(1).is_some_and(|s| {
-            s["hosts"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|h| h["leader"] == true)
-        })
-    });
+    p.wait_leader(1);
     let id = p.deploy(1, "counter");
     p.ok(1, &["call", &id, "incr"]);
     let out = p.cli(1, &["migrate", &id, "--to", "host2"]);

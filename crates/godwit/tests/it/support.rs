@@ -144,6 +144,19 @@ impl Processes {
         assert!(ready, "timed out waiting for cluster ready{}", self.logs());
     }
 
+    /// Polls until host `k` knows a leader (for clusters with hosts down: a majority is up).
+    pub fn wait_leader(&self, k: usize) {
+        poll(Duration::from_secs(60), "a leader", || {
+            self.status(k).is_some_and(|s| {
+                s["hosts"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|h| h["leader"] == true)
+            })
+        });
+    }
+
     /// Polls until host `k`'s boot is recorded in its view of the ledger: from then on it
     /// receives enclaves (bounded).
     pub fn wait_boot_recorded(&self, k: usize) {
