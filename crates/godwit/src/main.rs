@@ -99,7 +99,7 @@ enum Command {
         /// The host to empty.
         host: String,
     },
-    /// Measure throughput beside the machine's own limits.
+    /// Measure migrations, store commits and ecalls beside the machine's own limits.
     Bench(bench::BenchArgs),
 }
 
