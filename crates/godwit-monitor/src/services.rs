@@ -8,7 +8,7 @@ use godwit_enclave::{AbiError, Services};
 use godwit_hw::{Hardware, SealingKey};
 use godwit_wire::{EnclaveId, Measurement};
 
-use crate::host::BlobStore;
+use crate::host::{BlobStore, HostError};
 use crate::seal::{self, BlobHeader, SealError};
 
 /// Most sealed slots one instance may use.
@@ -115,22 +115,10 @@ impl InstanceServices {
             tracing::warn!(enclave = %self.id, slot, "too many seals the store has not recorded");
             return Err(AbiError::Limit);
         }
-        let header = BlobHeader {
-            format: 1,
-            enclave: self.id,
-            app: self.app,
-            slot: slot.to_owned(),
-            version,
-        };
-        let mut nonce = [0u8; 12];
-        self.hw.fill_random(&mut nonce);
-        let blob = seal::seal(&self.key, &header, nonce, data);
-        self.blobs
-            .put(self.id, &blob_name(slot, version), &blob)
-            .map_err(|e| {
-                tracing::warn!(enclave = %self.id, slot, error = %e, "host refused a sealed blob");
-                AbiError::HostUnavailable
-            })?;
+        self.put_sealed(slot, version, data).map_err(|e| {
+            tracing::warn!(enclave = %self.id, slot, error = %e, "host refused a sealed blob");
+            AbiError::HostUnavailable
+        })?;
         let next = version.checked_add(1).ok_or(AbiError::Limit)?;
         self.slots.insert(
             slot.to_owned(),
@@ -143,6 +131,22 @@ impl InstanceServices {
             },
         );
         Ok(())
+    }
+
+    /// Seals `data` as version `version` of `slot`, under a fresh nonce, and hands the blob
+    /// to the host.
+    fn put_sealed(&self, slot: &str, version: u64, data: &[u8]) -> Result<(), HostError> {
+        let header = BlobHeader {
+            format: 1,
+            enclave: self.id,
+            app: self.app,
+            slot: slot.to_owned(),
+            version,
+        };
+        let mut nonce = [0u8; 12];
+        self.hw.fill_random(&mut nonce);
+        let blob = seal::seal(&self.key, &header, nonce, data);
+        self.blobs.put(self.id, &blob_name(slot, version), &blob)
     }
 
     /// Seals `data` into `slot` at exactly `version`: a migrated instance keeps its version
@@ -160,18 +164,7 @@ impl InstanceServices {
         {
             return Err(SealError::Malformed("sealed data over the limits".into()));
         }
-        let header = BlobHeader {
-            format: 1,
-            enclave: self.id,
-            app: self.app,
-            slot: slot.to_owned(),
-            version,
-        };
-        let mut nonce = [0u8; 12];
-        self.hw.fill_random(&mut nonce);
-        let blob = seal::seal(&self.key, &header, nonce, data);
-        self.blobs
-            .put(self.id, &blob_name(slot, version), &blob)
+        self.put_sealed(slot, version, data)
             .map_err(|_| SealError::Missing)?;
         // COMMIT records these versions before the instance runs here.
         self.slots.insert(
