@@ -216,19 +216,8 @@ impl Monitor {
         if self.enclaves.contains_key(&id) || self.migrations.holds_enclave(&id) {
             return Err(MonitorError::AlreadyMigrating(id));
         }
-        let loaded = self.modules.load(&self.runtime, module, manifest)?;
-        let (app, limit) = (
-            loaded.measurement(),
-            loaded.manifest().max_instances_per_host,
-        );
-        let present = self.instances_of(&app);
-        if present >= limit {
-            return Err(MonitorError::InstanceLimit {
-                app: loaded.manifest().name.clone(),
-                limit,
-                present,
-            });
-        }
+        let loaded = self.load_within_limit(module, manifest)?;
+        let app = loaded.measurement();
         let services =
             InstanceServices::new(id, app, Arc::clone(&self.hw), Arc::clone(&self.blobs));
         let enclave = self.runtime.instantiate(&loaded, services)?;

@@ -426,16 +426,16 @@ impl Monitor {
         resident + self.migrations.reserved_memory()
     }
 
-    /// Creates an enclave at the host's request: loads and measures the module, checks the
-    /// manifest's instance limit for this application, instantiates it and asks the store
-    /// to register it. It runs once registered ([`Event::Registered`]).
-    pub fn create(&mut self, module: &[u8], manifest: Manifest) -> Result<EnclaveId, MonitorError> {
+    /// Loads `module` for a new instance here, unless its application already has as many
+    /// instances on this host as its manifest allows.
+    fn load_within_limit(
+        &mut self,
+        module: &[u8],
+        manifest: Manifest,
+    ) -> Result<Arc<godwit_enclave::LoadedModule>, MonitorError> {
         let loaded = self.modules.load(&self.runtime, module, manifest)?;
-        let (app, limit) = (
-            loaded.measurement(),
-            loaded.manifest().max_instances_per_host,
-        );
-        let present = self.instances_of(&app);
+        let limit = loaded.manifest().max_instances_per_host;
+        let present = self.instances_of(&loaded.measurement());
         if present >= limit {
             return Err(MonitorError::InstanceLimit {
                 app: loaded.manifest().name.clone(),
@@ -443,6 +443,15 @@ impl Monitor {
                 present,
             });
         }
+        Ok(loaded)
+    }
+
+    /// Creates an enclave at the host's request: loads and measures the module, checks the
+    /// manifest's instance limit for this application, instantiates it and asks the store
+    /// to register it. It runs once registered ([`Event::Registered`]).
+    pub fn create(&mut self, module: &[u8], manifest: Manifest) -> Result<EnclaveId, MonitorError> {
+        let loaded = self.load_within_limit(module, manifest)?;
+        let app = loaded.measurement();
         let id = self.fresh_id();
         let services =
             InstanceServices::new(id, app, Arc::clone(&self.hw), Arc::clone(&self.blobs));

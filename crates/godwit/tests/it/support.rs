@@ -127,18 +127,8 @@ impl Processes {
     pub fn wait_ready(&self, hosts: usize) {
         let ready = poll_until(Duration::from_secs(60), || {
             (1..=hosts).all(|k| {
-                self.status(k).is_some_and(|s| {
-                    s["hosts"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .all(|h| h["up"] == true)
-                        && s["hosts"]
-                            .as_array()
-                            .unwrap()
-                            .iter()
-                            .any(|h| h["leader"] == true)
-                })
+                self.status(k)
+                    .is_some_and(|s| hosts_of(&s).all(|h| h["up"] == true) && knows_leader(&s))
             })
         });
         assert!(ready, "timed out waiting for cluster ready{}", self.logs());
@@ -147,13 +137,7 @@ impl Processes {
     /// Polls until host `k` knows a leader (for clusters with hosts down: a majority is up).
     pub fn wait_leader(&self, k: usize) {
         poll(Duration::from_secs(60), "a leader", || {
-            self.status(k).is_some_and(|s| {
-                s["hosts"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .any(|h| h["leader"] == true)
-            })
+            self.status(k).is_some_and(|s| knows_leader(&s))
         });
     }
 
@@ -288,6 +272,16 @@ pub fn leader(p: &Processes, k: usize) -> usize {
         .unwrap()
         .to_owned();
     id.trim_start_matches("host").parse().unwrap()
+}
+
+/// The hosts in a `status --json` answer.
+fn hosts_of(status: &serde_json::Value) -> impl Iterator<Item = &serde_json::Value> {
+    status["hosts"].as_array().into_iter().flatten()
+}
+
+/// Whether a `status --json` answer names a leader.
+fn knows_leader(status: &serde_json::Value) -> bool {
+    hosts_of(status).any(|h| h["leader"] == true)
 }
 
 /// A process outside [`Processes`], killed and reaped when this drops, also when the test
