@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod config;
 pub mod control;
 mod disk;
+mod metrics;
 mod node;
 mod raftnet;
 mod serve;

@@ -85,6 +85,8 @@ pub(crate) struct Inner {
     unreachable: Mutex<HashMap<HostId, Instant>>,
     pub(crate) heard: Mutex<HashMap<HostId, Instant>>,
     pub(crate) token: String,
+    /// What this host's migrations and store writes did since it started.
+    pub(crate) metrics: Mutex<crate::metrics::Metrics>,
     shutdown: Notify,
     /// Set when the store was found corrupted and restarted empty: until a leader has
     /// replicated to this member, it grants no vote (it may have voted before the wipe, and
@@ -152,13 +154,16 @@ impl Inner {
             Action::Store { request, op } => {
                 let me = Arc::clone(self);
                 tokio::spawn(async move {
+                    let start = host_now();
                     let reply = me.propose(op).await;
+                    lock(&me.metrics).observe_store_write(&reply, start.elapsed());
                     me.with(|m| m.handle_store_reply(request, reply));
                 });
             }
             Action::StoreMessage { conn, peer, bytes } => self.on_store_message(conn, peer, &bytes),
             Action::Event(e) => {
                 tracing::debug!(?e, "event");
+                lock(&self.metrics).observe(&e);
                 let _ = self.events.send(e);
             }
             other => tracing::warn!(?other, "unhandled SM action"),
@@ -646,6 +651,7 @@ impl Node {
             unreachable: Mutex::new(HashMap::new()),
             heard: Mutex::new(HashMap::new()),
             token,
+            metrics: Mutex::default(),
             shutdown: Notify::new(),
             rejoining: std::sync::atomic::AtomicBool::new(rejoining),
         });

@@ -435,7 +435,12 @@ pub(crate) fn status(inner: &Arc<Inner>) -> Value {
             .map(|((app, host), n)| json!({ "app": app, "host": host.to_string(), "instances": n }))
             .collect()
     });
-    json!({ "self": inner.cfg.id.to_string(), "boot": inner.hw.boot_epoch().count(), "hosts": hosts, "enclaves": enclaves, "local": local, "instances": counts })
+    let metrics = inner
+        .metrics
+        .lock()
+        .map(|m| m.to_json())
+        .unwrap_or_default();
+    json!({ "self": inner.cfg.id.to_string(), "boot": inner.hw.boot_epoch().count(), "hosts": hosts, "enclaves": enclaves, "local": local, "instances": counts, "metrics": metrics })
 }
 
 /// Migrates every enclave of this host away, trying peers in turn for each.

@@ -163,6 +163,90 @@ pub fn status(config: &Path, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+pub fn metrics(config: &Path) -> Result<ExitCode> {
+    let v = send(config, Command::Status, |_, _| {})?;
+    print!(
+        "{}",
+        prometheus(v["self"].as_str().unwrap_or_default(), &v["metrics"])
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A node's counters (`status --json`'s `metrics`) in the Prometheus text exposition
+/// format, each sample labelled with the host.
+fn prometheus(host: &str, m: &Value) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let host = host.replace('\\', "\\\\").replace('"', "\\\"");
+    // (metric, help, field in `m`; by outcome, or one value)
+    let families = [
+        (
+            "migrations_out_total",
+            "Outgoing migrations that ended, by outcome (committed or the abort code).",
+            "migrations_out",
+        ),
+        (
+            "migrations_in_total",
+            "Incoming migrations that ended, by outcome.",
+            "migrations_in",
+        ),
+        (
+            "migration_out_bytes_total",
+            "Data bytes moved by committed outgoing migrations.",
+            "migration_out_bytes",
+        ),
+        (
+            "migration_out_seconds_total",
+            "Time of committed outgoing migrations, PREPARE to COMMIT, summed.",
+            "migration_out_seconds",
+        ),
+        (
+            "migration_out_downtime_seconds_total",
+            "Downtime of committed outgoing migrations, summed.",
+            "migration_out_downtime_seconds",
+        ),
+        (
+            "peers_refused_total",
+            "Peers refused: failed attestation or a broken channel.",
+            "peers_refused",
+        ),
+        (
+            "store_writes_total",
+            "This host's store writes, by outcome (applied, refused, unavailable).",
+            "store_writes",
+        ),
+        (
+            "store_write_seconds_total",
+            "Time from proposing a store write to its answer, summed.",
+            "store_write_seconds",
+        ),
+    ];
+    for (name, help, field) in families {
+        let _ = writeln!(
+            out,
+            "# HELP godwit_{name} {help}\n# TYPE godwit_{name} counter"
+        );
+        match &m[field] {
+            Value::Object(by) => {
+                for (outcome, n) in by {
+                    let _ = writeln!(
+                        out,
+                        "godwit_{name}{{host=\"{host}\",outcome=\"{outcome}\"}} {n}"
+                    );
+                }
+            }
+            v => {
+                let _ = writeln!(
+                    out,
+                    "godwit_{name}{{host=\"{host}\"}} {}",
+                    v.as_f64().unwrap_or(0.0)
+                );
+            }
+        }
+    }
+    out
+}
+
 /// The configuration to use for `host`: the given one if it is that host's, else the
 /// sibling `HOST.toml` beside it (the layout `cluster init` writes).
 fn config_for(config: &Path, host: &str) -> Result<PathBuf> {
@@ -272,4 +356,35 @@ pub fn cluster_remove(config: &Path, host: String) -> Result<ExitCode> {
     )?;
     println!("{host} removed");
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_print_in_the_prometheus_text_format() {
+        let m = serde_json::json!({
+            "migrations_out": { "committed": 2, "timeout_ready": 1 },
+            "migrations_in": {},
+            "migration_out_bytes": 4548,
+            "store_write_seconds": 0.25,
+        });
+        let text = prometheus("host1", &m);
+        for line in [
+            "# TYPE godwit_migrations_out_total counter",
+            "godwit_migrations_out_total{host=\"host1\",outcome=\"committed\"} 2",
+            "godwit_migrations_out_total{host=\"host1\",outcome=\"timeout_ready\"} 1",
+            "godwit_migration_out_bytes_total{host=\"host1\"} 4548",
+            "godwit_store_write_seconds_total{host=\"host1\"} 0.25",
+            "godwit_peers_refused_total{host=\"host1\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+        // Every sample line is `name{labels} value`.
+        for l in text.lines().filter(|l| !l.starts_with('#')) {
+            let (_, value) = l.rsplit_once(' ').unwrap();
+            assert!(value.parse::<f64>().is_ok(), "{l}");
+        }
+    }
 }

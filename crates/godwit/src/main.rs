@@ -92,6 +92,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print this host's counters (migrations by outcome, bytes, store writes) in the
+    /// Prometheus text format.
+    Metrics {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Migrate every enclave off a host.
     Drain {
         #[command(flatten)]
@@ -186,6 +192,7 @@ fn main() -> ExitCode {
         } => client::migrate(&config.config, enclave, to, json),
         Command::Destroy { config, enclave } => client::destroy(&config.config, enclave),
         Command::Status { config, json } => client::status(&config.config, json),
+        Command::Metrics { config } => client::metrics(&config.config),
         Command::Drain { config, host } => client::drain(&config.config, host),
         Command::Bench(args) => bench::run(args),
     };

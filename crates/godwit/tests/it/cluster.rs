@@ -28,6 +28,20 @@ fn deploy_call_migrate_call_across_processes() {
             && err.lines().count() == 1,
         "{err}"
     );
+    // Each side counted the migration (the receiver's count may follow a moment later).
+    let metrics = p.ok(1, &["metrics"]);
+    assert!(
+        metrics.contains("godwit_migrations_out_total{host=\"host1\",outcome=\"committed\"} 1"),
+        "{metrics}"
+    );
+    poll(
+        std::time::Duration::from_secs(30),
+        "host2 to count the incoming migration",
+        || {
+            p.ok(2, &["metrics"])
+                .contains("godwit_migrations_in_total{host=\"host2\",outcome=\"committed\"} 1")
+        },
+    );
     // Every host's status agrees on the owner (a follower applies the commit a moment
     // after the leader: bounded).
     for k in 1..=3 {
@@ -61,6 +75,12 @@ fn a_migration_to_a_host_that_is_down_names_it_and_the_enclave_stays() {
         p.ok(1, &["call", &id, "incr"]),
         "2",
         "it still runs at the source"
+    );
+    let metrics = p.ok(1, &["metrics"]);
+    assert!(
+        metrics
+            .contains("godwit_migrations_out_total{host=\"host1\",outcome=\"peer_unreachable\"} 1"),
+        "{metrics}"
     );
 }
 
