@@ -116,6 +116,20 @@ impl Processes {
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     }
 
+    /// Runs `godwit` on host `k` expecting a refusal: a non-zero exit and one line on
+    /// stderr, `godwit: …`; returns that line.
+    pub fn fails(&self, k: usize, args: &[&str]) -> String {
+        let out = self.cli(k, args);
+        assert!(
+            !out.status.success(),
+            "godwit {args:?} on host{k} succeeded"
+        );
+        let err = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("godwit: "), "{err}");
+        err
+    }
+
     pub fn status(&self, k: usize) -> Option<serde_json::Value> {
         let out = self.cli(k, &["status", "--json"]);
         out.status
