@@ -8,6 +8,10 @@
 ;;   checksum  a 64-bit FNV-1a-style hash over all memory after the first 4 KiB (which
 ;;             holds this module's scratch buffers), as 16 hex digits.
 ;;   size      the memory size in bytes, decimal.
+;;   spin      argument: a count N, decimal (1-4095). Computes for a while without touching
+;;             memory (N times 2^21 rounds of a multiply-add, about 2 ms each here),
+;;             returns N: a long call, for tests and benchmarks of what a busy enclave does
+;;             to its neighbours.
 (module
   (memory (export "memory") 1)
   (global $generation (mut i64) (i64.const 0))
@@ -99,4 +103,18 @@
     (i64.or (i64.shl (i64.const 64) (i64.const 32)) (i64.const 16)))
 
   (func (export "size") (param i32 i32) (result i64)
-    (call $decimal (call $size))))
+    (call $decimal (call $size)))
+
+  (func (export "spin") (param $ptr i32) (param $len i32) (result i64)
+    (local $n i64) (local $rounds i64) (local $x i64)
+    (local.set $n (call $parse (local.get $ptr) (local.get $len)))
+    (if (i64.lt_s (local.get $n) (i64.const 1)) (then (return (i64.const -4))))
+    (local.set $rounds (i64.shl (local.get $n) (i64.const 21)))
+    (loop $round
+      (local.set $x (i64.add (i64.mul (local.get $x) (i64.const 6364136223846793005))
+                             (i64.const 1442695040888963407)))
+      (local.set $rounds (i64.sub (local.get $rounds) (i64.const 1)))
+      (br_if $round (i64.ne (local.get $rounds) (i64.const 0))))
+    ;; $x keeps the loop from being optimised away: it is never zero here
+    (if (i64.eqz (local.get $x)) (then (return (i64.const -1))))
+    (call $decimal (local.get $n))))

@@ -33,8 +33,15 @@ pub const BALLAST: Example = Example {
     manifest: include_str!("../../../examples/ballast.toml"),
 };
 
+/// `pin`: a sealed PIN with a monotonic count of attempts.
+pub const PIN: Example = Example {
+    name: "pin",
+    wat: include_str!("../../../examples/pin.wat"),
+    manifest: include_str!("../../../examples/pin.toml"),
+};
+
 /// Every example.
-pub const ALL: [Example; 3] = [COUNTER, VAULT, BALLAST];
+pub const ALL: [Example; 4] = [COUNTER, VAULT, BALLAST, PIN];
 
 impl Example {
     /// The module as binary WebAssembly.

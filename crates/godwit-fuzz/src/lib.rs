@@ -307,6 +307,12 @@ fn blob_binding() -> (EnclaveId, Measurement, &'static str) {
     (EnclaveId([3; 16]), Measurement([4; 32]), "slot")
 }
 
+/// The blob `sealed_blob` expects back.
+const EXPECTED: seal::Expected = seal::Expected {
+    version: 5,
+    incarnation: 2,
+};
+
 /// A sealed blob the host hands back. The first byte picks the case: arbitrary bytes
 /// (never opened: the host cannot forge a blob), or a genuine blob altered by the rest of
 /// the input (opened only if unaltered, and then with its plaintext).
@@ -320,7 +326,7 @@ pub fn sealed_blob(data: &[u8]) {
     };
     if mode % 2 == 0 {
         assert!(
-            seal::open(&key, enclave, app, slot, 5, rest).is_err(),
+            seal::open(&key, enclave, app, slot, EXPECTED, rest).is_err(),
             "arbitrary bytes opened as a sealed blob"
         );
         return;
@@ -331,7 +337,8 @@ pub fn sealed_blob(data: &[u8]) {
         enclave,
         app,
         slot: slot.to_owned(),
-        version: 5,
+        version: EXPECTED.version,
+        incarnation: EXPECTED.incarnation,
     };
     let genuine = seal::seal(&key, &header, [9; 12], &plaintext);
     let mut blob = genuine.clone();
@@ -346,7 +353,7 @@ pub fn sealed_blob(data: &[u8]) {
             _ => {}
         }
     }
-    match seal::open(&key, enclave, app, slot, 5, &blob) {
+    match seal::open(&key, enclave, app, slot, EXPECTED, &blob) {
         Ok(data) => {
             assert_eq!(blob, genuine, "an altered blob opened");
             assert_eq!(data, plaintext);
@@ -501,6 +508,7 @@ addr = "127.0.0.1:7103"
                 sealed_bytes: 8,
                 counters: 1,
                 epoch: 2,
+                incarnation: 1,
             })),
             Message::Ready {
                 migration: id,
@@ -521,6 +529,7 @@ addr = "127.0.0.1:7103"
                 migration: id,
                 slot: "count".into(),
                 version: 3,
+                incarnation: 1,
                 data: b"12345678",
             },
             Message::Final {

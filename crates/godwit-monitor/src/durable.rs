@@ -6,10 +6,19 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use godwit_proto::{DurableState, LedgerOp, LedgerOutcome, MigrationId, StoreReply};
+use godwit_enclave::{Enclave, EnclaveError};
+use godwit_proto::{
+    DurableState, LedgerOp, LedgerOutcome, LedgerRefusal, MigrationId, RecordState, StoreReply,
+};
 use godwit_wire::{EnclaveId, Manifest};
 
-use crate::{EnclaveState, Event, InstanceServices, Monitor, MonitorError, Pending, Resident};
+use crate::{
+    BootStatus, EnclaveState, Event, InstanceServices, Monitor, MonitorError, Pending, Resident,
+};
+
+/// Most results one enclave may withhold; past it, calls are refused until the store
+/// catches up.
+pub const WITHHELD_MAX: usize = 4096;
 
 /// A withheld ecall's handle; its result arrives as [`Event::CallCompleted`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -21,9 +30,57 @@ pub enum CallOutcome {
     /// The result, releasable now.
     Done(Vec<u8>),
     /// The ecall changed (or followed a change of) durable state not yet recorded; its
-    /// result arrives as [`Event::CallCompleted`] once the ledger has it.
+    /// outcome arrives as [`Event::CallCompleted`] once the ledger has it, in call order.
     Pending(CallId),
 }
+
+/// Why a withheld call has no result.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CallError {
+    /// The ecall failed (a negative status, a trap, out of fuel, a result too large). Its
+    /// failure is an outcome like a result: released only once the durable change it made
+    /// is recorded.
+    #[error(transparent)]
+    Enclave(EnclaveError),
+    /// The ledger will not record the state the result depends on, or the instance was
+    /// wiped: the result is never released.
+    #[error("{0}")]
+    Withdrawn(String),
+}
+
+/// An ecall the SM hands to the host to run without holding the SM: the instance travels
+/// inside, and nothing of it is reachable but [`Ecall::run`]. The host runs it on a thread
+/// of its own, so one enclave's long call stalls no other enclave, frame or timer, and
+/// gives the [`EcallDone`] back with [`Monitor::end_call`].
+pub struct Ecall {
+    id: EnclaveId,
+    enclave: Enclave<InstanceServices>,
+    ecall: String,
+    arg: Vec<u8>,
+}
+
+impl Ecall {
+    /// Runs the ecall (fuel-bounded).
+    pub fn run(mut self) -> EcallDone {
+        let out = self.enclave.call(&self.ecall, &self.arg);
+        EcallDone {
+            id: self.id,
+            enclave: self.enclave,
+            out,
+        }
+    }
+}
+
+/// A finished [`Ecall`], for [`Monitor::end_call`].
+pub struct EcallDone {
+    id: EnclaveId,
+    enclave: Enclave<InstanceServices>,
+    out: Result<Vec<u8>, EnclaveError>,
+}
+
+/// A withheld outcome: the call, the durable-state sequence it waits for, the outcome.
+pub(crate) type Withheld = (CallId, u64, Result<Vec<u8>, CallError>);
 
 /// Per enclave: how far its durable state changed, and how far the ledger recorded it.
 #[derive(Default)]
@@ -32,7 +89,7 @@ pub(crate) struct Durability {
     seen_seq: u64,
     recorded_seq: u64,
     inflight: Option<u64>,
-    pub(crate) withheld: VecDeque<(CallId, u64, Vec<u8>)>,
+    pub(crate) withheld: VecDeque<Withheld>,
     /// A migration waiting for the ledger to catch up before it collects the state.
     pub(crate) collect_for: Option<MigrationId>,
 }
@@ -50,34 +107,84 @@ impl Durability {
     pub(crate) fn caught_up(&self) -> bool {
         self.recorded_seq >= self.seen_seq && self.inflight.is_none()
     }
+
+    /// The newest durable state the SM saw the instance reach.
+    pub(crate) fn seen(&self) -> &DurableState {
+        &self.seen
+    }
 }
 
 impl Monitor {
-    /// Runs an ecall on a running enclave. Its result comes back at once, unless the
-    /// enclave's durable state (sealed versions, counters) changed and the ledger does not
-    /// have it yet: then [`CallOutcome::Pending`], and the result follows as
-    /// [`Event::CallCompleted`], in call order.
+    /// Runs an ecall on a running enclave (see [`Monitor::begin_call`]; this runs it while
+    /// the caller holds the SM).
     pub fn call(
         &mut self,
         id: EnclaveId,
         ecall: &str,
         arg: &[u8],
     ) -> Result<CallOutcome, MonitorError> {
-        let out = self
-            .in_state(id, EnclaveState::Running)?
-            .enclave
-            .call(ecall, arg);
+        let run = self.begin_call(id, ecall, arg)?;
+        self.end_call(run.run())
+    }
+
+    /// Takes a running enclave out of the SM for one ecall, which the host runs with
+    /// [`Ecall::run`] and hands back to [`Monitor::end_call`]. Meanwhile the enclave takes
+    /// no other call ([`MonitorError::Busy`]), and a migration that wants to pause it waits
+    /// for the call to return.
+    pub fn begin_call(
+        &mut self,
+        id: EnclaveId,
+        ecall: &str,
+        arg: &[u8],
+    ) -> Result<Ecall, MonitorError> {
+        let r = self.in_state(id, EnclaveState::Running)?;
+        if r.durability.withheld.len() >= WITHHELD_MAX {
+            return Err(MonitorError::Busy(id));
+        }
+        let enclave = r.enclave.take().ok_or(MonitorError::Busy(id))?;
+        Ok(Ecall {
+            id,
+            enclave,
+            ecall: ecall.to_owned(),
+            arg: arg.to_vec(),
+        })
+    }
+
+    /// An ecall returned. Its outcome comes back at once, unless the enclave's durable
+    /// state (sealed versions, counters) changed and the ledger does not have it yet: then
+    /// [`CallOutcome::Pending`], and the outcome — a result or the enclave's own failure
+    /// alike — follows as [`Event::CallCompleted`], in call order.
+    pub fn end_call(&mut self, done: EcallDone) -> Result<CallOutcome, MonitorError> {
+        let EcallDone { id, enclave, out } = done;
+        let Some(r) = self.enclaves.get_mut(&id).filter(|r| r.enclave.is_none()) else {
+            // Invariant: only `begin_call` makes an `Ecall`, and it leaves its entry here
+            // (a wipe meanwhile only dooms it).
+            unreachable!("an ecall of {id} returned to an SM that does not wait for it");
+        };
+        if r.doomed {
+            self.enclaves.remove(&id);
+            enclave.wipe().delete_blobs();
+            self.check_invariants();
+            return Err(MonitorError::Withdrawn(id));
+        }
+        r.memory_bytes = enclave.memory_bytes();
+        r.enclave = Some(enclave);
         self.note_durable(id);
-        let out = out?;
         let call = CallId(self.next_call);
         self.next_call += 1;
-        // Invariant: `in_state` found it, and nothing since removed it.
+        // Invariant: the entry is still here (checked above, nothing removed it since).
         let d = &mut self.enclaves.get_mut(&id).expect("present").durability;
-        if d.recorded_seq >= d.seen_seq {
-            return Ok(CallOutcome::Done(out));
-        }
-        d.withheld.push_back((call, d.seen_seq, out));
-        Ok(CallOutcome::Pending(call))
+        let outcome = if d.recorded_seq >= d.seen_seq {
+            out.map(CallOutcome::Done).map_err(MonitorError::from)
+        } else {
+            d.withheld
+                .push_back((call, d.seen_seq, out.map_err(CallError::Enclave)));
+            Ok(CallOutcome::Pending(call))
+        };
+        // A migration may be waiting for the enclave to come back before it collects it.
+        self.resume_collect(id);
+        self.check_invariants();
+        outcome
     }
 
     /// Notes a change of the enclave's durable state and makes sure the ledger is asked to
@@ -86,7 +193,9 @@ impl Monitor {
         let Some(r) = self.enclaves.get_mut(&id) else {
             return;
         };
-        let now = r.enclave.services().durable();
+        let Some(now) = r.enclave.as_ref().map(|e| e.services().durable()) else {
+            return;
+        };
         if now != r.durability.seen {
             r.durability.seen = now;
             r.durability.seen_seq += 1;
@@ -118,27 +227,37 @@ impl Monitor {
             return;
         };
         r.durability.inflight = None;
-        let d = &mut r.durability;
-        let mut done = Vec::new();
-        match reply {
+        let record = match reply {
             StoreReply::Outcome(LedgerOutcome::Applied(record)) => {
-                if let Some(record) = record {
-                    r.enclave.services_mut().recorded(&record.durable);
+                if let (Some(record), Some(e)) = (record, r.enclave.as_mut()) {
+                    e.services_mut().recorded(&record.durable);
                 }
                 let d = &mut r.durability;
                 d.recorded_seq = d.recorded_seq.max(seq);
+                let mut done = Vec::new();
                 while d
                     .withheld
                     .front()
                     .is_some_and(|(_, needs, _)| *needs <= d.recorded_seq)
                 {
                     let (call, _, out) = d.withheld.pop_front().expect("checked");
-                    done.push((call, Ok(out)));
+                    done.push((call, out));
                 }
+                for (call, result) in done {
+                    self.event(Event::CallCompleted {
+                        call,
+                        enclave: id,
+                        result,
+                    });
+                }
+                self.request_update(id);
+                self.resume_collect(id);
+                return;
             }
             StoreReply::Unavailable(why) => {
                 tracing::warn!(enclave = %id, %why, "store unavailable; recording again");
                 // Ask again later with the newest state; nothing else goes out meanwhile.
+                let d = &mut r.durability;
                 d.inflight = Some(d.seen_seq);
                 let op = LedgerOp::Update {
                     id,
@@ -150,30 +269,68 @@ impl Monitor {
                 self.store_later(Pending::Update(id, seq), op);
                 return;
             }
-            StoreReply::Outcome(LedgerOutcome::Refused { reason, .. }) => {
-                // The ledger will not record this enclave's state: its withheld results
-                // must never be released.
-                tracing::error!(enclave = %id, %reason, "the store refused to record durable state");
-                d.recorded_seq = d.seen_seq;
-                for (call, _, _) in d.withheld.drain(..) {
-                    done.push((
-                        call,
-                        Err(format!(
-                            "the store refused to record the enclave's state: {reason}"
-                        )),
-                    ));
-                }
+            StoreReply::Outcome(LedgerOutcome::Refused { reason, record }) => (reason, record),
+        };
+        self.update_refused(id, record.0, record.1);
+    }
+
+    /// The ledger refused to record an enclave's durable state. If it still runs here
+    /// (a fenced abort moved its epoch on after the write was asked for), ask again at the
+    /// ledger's epoch. Otherwise
+    /// the ledger no longer lets this SM run it — lost, moved or destroyed — so nothing of
+    /// it may ever be released: every withheld result is withdrawn, and the instance is
+    /// wiped, as a sender that lost its migration wipes its copy. (An enclave an outgoing
+    /// migration holds is left to that migration, whose BEGIN the ledger refuses alike.)
+    fn update_refused(
+        &mut self,
+        id: EnclaveId,
+        reason: LedgerRefusal,
+        record: Option<godwit_proto::EnclaveRecord>,
+    ) {
+        let me = self.hw.host().clone();
+        let boot = self.hw.boot_epoch().to_bytes();
+        let Some(r) = self.enclaves.get_mut(&id) else {
+            return;
+        };
+        if let Some(rec) = record.filter(|rec| {
+            rec.owner == me
+                && rec.owner_boot == boot
+                && rec.state == RecordState::Running
+                && rec.epoch >= r.epoch
+        }) {
+            // A write from before a fenced abort moved the epoch on: still ours. Ask again,
+            // after a back-off.
+            tracing::info!(enclave = %id, epoch = rec.epoch, "the ledger moved the epoch on; recording again");
+            r.epoch = rec.epoch;
+            let d = &mut r.durability;
+            d.inflight = Some(d.seen_seq);
+            let op = LedgerOp::Update {
+                id,
+                epoch: r.epoch,
+                by: me,
+                durable: d.seen.clone(),
+            };
+            let seq = d.seen_seq;
+            self.store_later(Pending::Update(id, seq), op);
+            return;
+        }
+        tracing::error!(enclave = %id, %reason, "the store refused to record the enclave's state; it is not this host's to run any more: wiped");
+        let why = format!("the store refused to record the enclave's state: {reason}");
+        if self.migrations.is_migrating(&id) {
+            let d = &mut r.durability;
+            d.recorded_seq = d.seen_seq;
+            let withheld: Vec<_> = d.withheld.drain(..).collect();
+            for (call, _, _) in withheld {
+                self.event(Event::CallCompleted {
+                    call,
+                    enclave: id,
+                    result: Err(CallError::Withdrawn(why.clone())),
+                });
             }
+            self.resume_collect(id);
+        } else {
+            self.wipe(id, &why);
         }
-        for (call, result) in done {
-            self.event(Event::CallCompleted {
-                call,
-                enclave: id,
-                result,
-            });
-        }
-        self.request_update(id);
-        self.resume_collect(id);
     }
 
     /// Announces this SM's boot epoch to the ledger: whatever this host ran under an
@@ -188,8 +345,15 @@ impl Monitor {
 
     pub(crate) fn booted(&mut self, reply: StoreReply) {
         match reply {
+            StoreReply::Outcome(LedgerOutcome::Refused {
+                reason: LedgerRefusal::StaleBoot { .. },
+                ..
+            }) => {
+                self.boot = BootStatus::Stale;
+                tracing::error!(boot = %self.hw.boot_epoch(), "the store refused this boot: the component's boot count went back (rolled back by the host?); this SM creates, adopts and receives nothing");
+            }
             StoreReply::Outcome(_) => {
-                self.boot_recorded = true;
+                self.boot = BootStatus::Recorded;
                 tracing::info!(boot = %self.hw.boot_epoch(), "boot epoch recorded")
             }
             StoreReply::Unavailable(why) => {
@@ -213,13 +377,16 @@ impl Monitor {
         module: &[u8],
         manifest: Manifest,
     ) -> Result<(), MonitorError> {
+        if self.boot == BootStatus::Stale {
+            return Err(MonitorError::StaleBoot);
+        }
         if self.enclaves.contains_key(&id) || self.migrations.holds_enclave(&id) {
             return Err(MonitorError::AlreadyMigrating(id));
         }
         let loaded = self.load_within_limit(module, manifest)?;
         let app = loaded.measurement();
         let services =
-            InstanceServices::new(id, app, Arc::clone(&self.hw), Arc::clone(&self.blobs));
+            InstanceServices::new(id, app, 0, Arc::clone(&self.hw), Arc::clone(&self.blobs));
         let enclave = self.runtime.instantiate(&loaded, services)?;
         self.enclaves
             .insert(id, Resident::new(enclave, EnclaveState::Registering, 0));
@@ -237,11 +404,19 @@ impl Monitor {
     pub(crate) fn adopted(&mut self, id: EnclaveId, reply: StoreReply) {
         match reply {
             StoreReply::Outcome(LedgerOutcome::Applied(Some(record))) => {
-                let Some(r) = self.enclaves.get_mut(&id) else {
+                let Some((r, e)) = self
+                    .enclaves
+                    .get_mut(&id)
+                    .and_then(|r| r.enclave.take().map(|e| (r, e)))
+                else {
                     return;
                 };
-                r.enclave.services_mut().adopt_durable(&record.durable);
-                r.durability = crate::durable::Durability::recorded(r.enclave.services().durable());
+                let mut e = e;
+                e.services_mut()
+                    .adopt_durable(&record.durable, record.incarnation);
+                r.durability = Durability::recorded(e.services().durable());
+                r.incarnation = record.incarnation;
+                r.enclave = Some(e);
                 r.epoch = record.epoch;
                 r.state = EnclaveState::Running;
                 tracing::info!(enclave = %id, epoch = record.epoch, "lost enclave adopted");
@@ -254,7 +429,7 @@ impl Monitor {
                         id,
                         by: self.hw.host().clone(),
                         boot: self.hw.boot_epoch().to_bytes(),
-                        app: r.enclave.module().measurement(),
+                        app: r.module.measurement(),
                     };
                     self.store_later(Pending::Adopt(id), op);
                 }
@@ -268,8 +443,8 @@ impl Monitor {
                 };
                 // Nothing was sealed by this instance yet, so no blob of the lost one is
                 // touched when it is dropped.
-                if let Some(r) = self.enclaves.remove(&id) {
-                    drop(r.enclave.wipe());
+                if let Some(e) = self.enclaves.remove(&id).and_then(|r| r.enclave) {
+                    drop(e.wipe());
                 }
                 self.event(Event::RegistrationRefused {
                     enclave: id,

@@ -30,12 +30,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use godwit_attest::Policy;
-use godwit_enclave::{Enclave, EnclaveError, Runtime};
+use godwit_enclave::{Enclave, EnclaveError, LoadedModule, Runtime};
 use godwit_hw::Hardware;
 use godwit_proto::{AbortReason, LedgerOp, LedgerOutcome, MigrationId, StoreReply, TimeoutConfig};
 use godwit_wire::{EnclaveId, HostId, Manifest, Measurement};
 
-pub use durable::{CallId, CallOutcome};
+pub use durable::{CallError, CallId, CallOutcome, Ecall, EcallDone};
 pub use host::{BlobStore, HostError, MemoryBlobStore};
 pub use net::{ConnId, RECORD_FRAME_BYTES_MAX, STORE_MESSAGE_BYTES_MAX};
 pub use seal::SealError;
@@ -99,6 +99,8 @@ pub struct EnclaveInfo {
     pub memory_bytes: usize,
     /// Sealed slots it has written.
     pub sealed_slots: usize,
+    /// An ecall is running it.
+    pub busy: bool,
 }
 
 /// Why the SM refused or failed a request.
@@ -148,6 +150,19 @@ pub enum MonitorError {
     /// No such migration.
     #[error("no migration {0} in progress")]
     UnknownMigration(MigrationId),
+    /// Another ecall of this enclave is running; calls of one enclave run one at a time.
+    #[error("enclave {0} is running another call")]
+    Busy(EnclaveId),
+    /// The enclave was wiped while the call ran (the ledger no longer lets this host run
+    /// it); the call's result is never released.
+    #[error("enclave {0} was wiped while the call ran; its result is withdrawn")]
+    Withdrawn(EnclaveId),
+    /// The store refused this SM's boot (its boot count went back): it creates, adopts and
+    /// receives nothing.
+    #[error(
+        "the store refused this SM's boot: the component's boot count went back (rolled back by the host?); restart it with its true boot count"
+    )]
+    StaleBoot,
 }
 
 /// How the SM is set up on a host.
@@ -224,15 +239,15 @@ pub enum Event {
         /// Why.
         reason: String,
     },
-    /// A withheld ecall result, released once the ledger recorded the durable state it
-    /// depends on (or an error if the ledger refused to).
+    /// A withheld ecall outcome, released once the ledger recorded the durable state it
+    /// depends on (or withdrawn if the ledger will not).
     CallCompleted {
         /// The call.
         call: CallId,
         /// The enclave.
         enclave: EnclaveId,
-        /// Its result.
-        result: Result<Vec<u8>, String>,
+        /// Its result, or the enclave's own failure, or why it is withdrawn.
+        result: Result<Vec<u8>, CallError>,
     },
     /// An outgoing migration ended.
     MigrationFinished {
@@ -287,26 +302,60 @@ pub struct MigrationReport {
 }
 
 struct Resident {
-    enclave: Enclave<InstanceServices>,
+    /// The instance, or `None` while an ecall runs it outside the SM (see [`Ecall`]).
+    enclave: Option<Enclave<InstanceServices>>,
+    /// Its module (kept here to count and describe the instance while it is out).
+    module: Arc<LoadedModule>,
+    /// Its linear memory size when it was last here.
+    memory_bytes: usize,
+    /// Its incarnation in the ledger (as its services hold it).
+    incarnation: u64,
     state: EnclaveState,
     epoch: u64,
     /// The state to return to if an outgoing migration aborts.
     resume_to: EnclaveState,
     /// How far the ledger recorded its durable state, and the results waiting for it.
     durability: durable::Durability,
+    /// Wiped while an ecall held it: it is wiped for good when the ecall returns, and the
+    /// ecall's result is withdrawn.
+    doomed: bool,
 }
 
 impl Resident {
     fn new(enclave: Enclave<InstanceServices>, state: EnclaveState, epoch: u64) -> Self {
         let recorded = enclave.services().durable();
         Self {
-            enclave,
+            module: Arc::clone(enclave.module()),
+            memory_bytes: enclave.memory_bytes(),
+            incarnation: enclave.services().incarnation,
+            enclave: Some(enclave),
             state,
             epoch,
             resume_to: EnclaveState::Running,
             durability: durable::Durability::recorded(recorded),
+            doomed: false,
         }
     }
+}
+
+impl Resident {
+    /// Whether an outgoing migration may collect the instance now: the ledger holds every
+    /// durable change it made, and no ecall holds it.
+    fn ready_to_collect(&self) -> bool {
+        self.durability.caught_up() && self.enclave.is_some()
+    }
+}
+
+/// Where this SM's boot stands with the ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BootStatus {
+    /// Announced, not yet recorded: the SM receives no enclave.
+    Announced,
+    /// Recorded: the SM takes part in migrations.
+    Recorded,
+    /// Refused as stale (the component's boot count went back): the SM takes part in
+    /// nothing.
+    Stale,
 }
 
 enum Pending {
@@ -336,8 +385,8 @@ pub struct Monitor {
     /// Store writes to ask again once the store had time to recover (trusted time).
     retries: Vec<(godwit_hw::TrustedInstant, Pending, LedgerOp)>,
     actions: VecDeque<Action>,
-    /// Whether the ledger has recorded this boot: until then the SM receives no enclave.
-    boot_recorded: bool,
+    /// Whether the ledger has recorded this boot (or refused it).
+    boot: BootStatus,
 }
 
 impl Monitor {
@@ -362,7 +411,7 @@ impl Monitor {
             next_call: 0,
             retries: Vec::new(),
             actions: VecDeque::new(),
-            boot_recorded: false,
+            boot: BootStatus::Announced,
         };
         // First thing a new boot does: tell the ledger, so that what this host ran under
         // an earlier boot is recorded lost rather than believed running.
@@ -373,6 +422,12 @@ impl Monitor {
     /// The hardware component this SM runs on.
     pub fn hardware(&self) -> &Arc<dyn Hardware> {
         &self.hw
+    }
+
+    /// Whether the store refused this SM's boot as stale (its component's boot count went
+    /// back): it then creates, adopts and receives nothing.
+    pub fn boot_refused(&self) -> bool {
+        self.boot == BootStatus::Stale
     }
 
     /// This host's id (from its device certificate).
@@ -409,7 +464,7 @@ impl Monitor {
         let resident = self
             .enclaves
             .values()
-            .filter(|r| r.enclave.module().measurement() == *app)
+            .filter(|r| r.module.measurement() == *app)
             .count();
         let n = resident + self.migrations.reserved_for(app);
         // Invariant: each instance needs memory; far fewer than 2^32 fit on a host.
@@ -418,11 +473,7 @@ impl Monitor {
 
     /// Memory held by resident enclaves and reserved by incoming migrations.
     fn memory_in_use(&self) -> u64 {
-        let resident: u64 = self
-            .enclaves
-            .values()
-            .map(|r| r.enclave.memory_bytes() as u64)
-            .sum();
+        let resident: u64 = self.enclaves.values().map(|r| r.memory_bytes as u64).sum();
         resident + self.migrations.reserved_memory()
     }
 
@@ -450,11 +501,14 @@ impl Monitor {
     /// manifest's instance limit for this application, instantiates it and asks the store
     /// to register it. It runs once registered ([`Event::Registered`]).
     pub fn create(&mut self, module: &[u8], manifest: Manifest) -> Result<EnclaveId, MonitorError> {
+        if self.boot == BootStatus::Stale {
+            return Err(MonitorError::StaleBoot);
+        }
         let loaded = self.load_within_limit(module, manifest)?;
         let app = loaded.measurement();
         let id = self.fresh_id();
         let services =
-            InstanceServices::new(id, app, Arc::clone(&self.hw), Arc::clone(&self.blobs));
+            InstanceServices::new(id, app, 0, Arc::clone(&self.hw), Arc::clone(&self.blobs));
         let enclave = self.runtime.instantiate(&loaded, services)?;
         tracing::info!(enclave = %id, app = %loaded.manifest().name, measurement = %app.short(), "enclave created");
         self.enclaves
@@ -467,7 +521,7 @@ impl Monitor {
     }
 
     fn register_op(&self, id: EnclaveId) -> Option<LedgerOp> {
-        let module = self.enclaves.get(&id)?.enclave.module();
+        let module = &self.enclaves.get(&id)?.module;
         Some(LedgerOp::Register {
             id,
             app: module.measurement(),
@@ -531,7 +585,10 @@ impl Monitor {
         if state == EnclaveState::Migrating || self.migrations.is_migrating(&id) {
             return Err(MonitorError::AlreadyMigrating(id));
         }
-        self.wipe(id);
+        self.wipe(
+            id,
+            "the enclave was destroyed before its state was recorded",
+        );
         self.store(
             Pending::Destroy(id),
             LedgerOp::Destroy {
@@ -544,19 +601,31 @@ impl Monitor {
         Ok(())
     }
 
-    /// Removes an enclave: memory zeroed, keys dropped, its blobs deleted. (Part of a
-    /// transition: the public caller checks the invariants when the transition is done.)
-    fn wipe(&mut self, id: EnclaveId) {
-        if let Some(mut r) = self.enclaves.remove(&id) {
-            for (call, _, _) in r.durability.withheld.drain(..) {
-                let result = Err("the enclave was destroyed before its state was recorded".into());
-                self.actions.push_back(Action::Event(Event::CallCompleted {
-                    call,
-                    enclave: id,
-                    result,
-                }));
-            }
-            r.enclave.wipe().delete_blobs();
+    /// Removes an enclave: memory zeroed, keys dropped, its blobs deleted, and every result
+    /// it withholds withdrawn with `why`. An enclave an ecall holds is marked doomed and
+    /// wiped when the ecall returns. (Part of a transition: the public caller checks the
+    /// invariants when the transition is done.)
+    fn wipe(&mut self, id: EnclaveId, why: &str) {
+        let Some(r) = self.enclaves.get_mut(&id) else {
+            return;
+        };
+        let withheld: Vec<_> = r.durability.withheld.drain(..).collect();
+        for (call, _, _) in withheld {
+            self.actions.push_back(Action::Event(Event::CallCompleted {
+                call,
+                enclave: id,
+                result: Err(CallError::Withdrawn(why.to_owned())),
+            }));
+        }
+        let Some(r) = self.enclaves.get_mut(&id) else {
+            return;
+        };
+        if r.enclave.is_none() {
+            r.doomed = true;
+            return;
+        }
+        if let Some(enclave) = self.enclaves.remove(&id).and_then(|r| r.enclave) {
+            enclave.wipe().delete_blobs();
         }
     }
 
@@ -578,15 +647,15 @@ impl Monitor {
     }
 
     fn describe(id: EnclaveId, r: &Resident) -> EnclaveInfo {
-        let module = r.enclave.module();
         EnclaveInfo {
             id,
-            app: module.manifest().name.clone(),
-            measurement: module.measurement(),
+            app: r.module.manifest().name.clone(),
+            measurement: r.module.measurement(),
             state: r.state,
             epoch: r.epoch,
-            memory_bytes: r.enclave.memory_bytes(),
-            sealed_slots: r.enclave.services().slots.len(),
+            memory_bytes: r.memory_bytes,
+            sealed_slots: r.durability.seen().sealed.len(),
+            busy: r.enclave.is_none(),
         }
     }
 
@@ -596,7 +665,9 @@ impl Monitor {
             .enclaves
             .get(&id)
             .ok_or(MonitorError::UnknownEnclave(id))?;
-        Ok(r.enclave.services().last_refusal.clone())
+        Ok(r.enclave
+            .as_ref()
+            .and_then(|e| e.services().last_refusal.clone()))
     }
 
     /// The store answered (or failed to answer) request `request`.
@@ -654,7 +725,7 @@ impl Monitor {
                     StoreReply::Outcome(LedgerOutcome::Applied(_)) => unreachable!("matched above"),
                 };
                 tracing::warn!(enclave = %id, %reason, "registration refused; enclave destroyed");
-                self.wipe(id);
+                self.wipe(id, "the store refused to register the enclave");
                 self.event(Event::RegistrationRefused {
                     enclave: id,
                     reason,
@@ -704,15 +775,22 @@ impl Monitor {
     pub fn check_invariants(&self) {
         let mut per_app: BTreeMap<Measurement, (u32, u32)> = BTreeMap::new();
         for (id, r) in &self.enclaves {
-            let s = r.enclave.services();
-            assert_eq!(s.id, *id, "instance services bound to another id");
-            assert_eq!(
-                s.app,
-                r.enclave.module().measurement(),
-                "services bound to another app"
-            );
-            let limit = r.enclave.module().manifest().max_instances_per_host;
-            per_app.entry(s.app).or_insert((0, limit)).0 += 1;
+            if let Some(e) = &r.enclave {
+                let s = e.services();
+                assert_eq!(s.id, *id, "instance services bound to another id");
+                assert_eq!(
+                    s.app,
+                    r.module.measurement(),
+                    "services bound to another app"
+                );
+                assert_eq!(s.incarnation, r.incarnation, "incarnation out of step");
+                assert!(!r.doomed, "a doomed enclave is back in the SM");
+            }
+            let limit = r.module.manifest().max_instances_per_host;
+            per_app
+                .entry(r.module.measurement())
+                .or_insert((0, limit))
+                .0 += 1;
             assert_eq!(
                 r.state == EnclaveState::Migrating,
                 self.migrations.is_paused_for_migration(id),

@@ -132,7 +132,7 @@ impl Monitor {
                 expected: EnclaveState::Running,
             });
         }
-        if !r.enclave.module().manifest().migratable {
+        if !r.module.manifest().migratable {
             return Err(MonitorError::NotMigratable(enclave));
         }
         if self.migrations.is_migrating(&enclave) {
@@ -210,21 +210,24 @@ impl Monitor {
         let Some(r) = self.enclaves.get(&o.enclave) else {
             return;
         };
-        let module = r.enclave.module();
-        let (sealed_slots, sealed_bytes) = r.enclave.services().sealed_size();
+        // From what the SM keeps beside the instance: it may be out running an ecall.
+        let module = &r.module;
+        let seen = r.durability.seen();
+        let sealed_slots = seen.sealed.len();
+        let sealed_bytes = seen.sealed.values().map(|v| v.len).sum();
         let prepare = Prepare {
             migration,
             enclave: o.enclave,
             app: module.measurement(),
             manifest: module.manifest().clone(),
             module_bytes: module.module_bytes().len() as u64,
-            memory_bytes: r.enclave.memory_bytes() as u64,
+            memory_bytes: r.memory_bytes as u64,
             // Invariant: at most SLOTS_MAX slots exist.
             sealed_slots: u32::try_from(sealed_slots).expect("slot count bounded"),
             sealed_bytes,
-            counters: u32::try_from(r.enclave.services().counters.len())
-                .expect("counter count bounded"),
+            counters: u32::try_from(seen.counters.len()).expect("counter count bounded"),
             epoch: r.epoch,
+            incarnation: r.incarnation,
         };
         let machine = Outgoing::start(
             self.hw.now(),
@@ -345,8 +348,10 @@ impl Monitor {
         if !p.manifest.migratable {
             return Err(RefuseReason::NotMigratable);
         }
-        if !self.boot_recorded {
-            return Err(RefuseReason::Starting);
+        match self.boot {
+            crate::BootStatus::Recorded => {}
+            crate::BootStatus::Announced => return Err(RefuseReason::Starting),
+            crate::BootStatus::Stale => return Err(RefuseReason::StaleBoot),
         }
         if self.migrations.inc.contains_key(&p.migration) {
             return invalid("a migration with this id is already under way");
@@ -456,10 +461,13 @@ impl Monitor {
             let (Some(o), Some(c)) = (migrations.out.get_mut(&m), net.get_mut(conn)) else {
                 continue;
             };
-            let (Some(machine), Some(r)) = (o.machine.as_mut(), enclaves.get(&o.enclave)) else {
+            let (Some(machine), Some(e)) = (
+                o.machine.as_mut(),
+                enclaves.get(&o.enclave).and_then(|r| r.enclave.as_ref()),
+            ) else {
                 continue;
             };
-            let memory = r.enclave.memory();
+            let memory = e.memory();
             let frame = Self::seal_into_frame(c, |chain, out| {
                 let (prefix, rest) = out.split_first_mut()?;
                 *prefix = crate::net::MIGRATION_PREFIX;
@@ -534,9 +542,10 @@ impl Monitor {
                 SendEffect::Transmit(msg) => self.send_message(conn, &msg),
                 SendEffect::PauseAndCollect => match self.pause_for(m, enclave) {
                     Err(reason) => self.collected(m, Err(reason)),
-                    // Collect once the ledger holds every durable change E made: the
-                    // state that travels is then the state the ledger vouches for.
-                    Ok(()) if self.enclaves[&enclave].durability.caught_up() => {
+                    // Collect once the ledger holds every durable change E made (the
+                    // state that travels is then the state the ledger vouches for), and
+                    // once E is back from any ecall that holds it.
+                    Ok(()) if self.enclaves[&enclave].ready_to_collect() => {
                         let plan = self.collect(m, enclave);
                         self.collected(m, plan);
                     }
@@ -550,7 +559,7 @@ impl Monitor {
                 SendEffect::Resume { epoch } => self.release(m, enclave, Some(epoch)),
                 SendEffect::Wipe => {
                     self.release(m, enclave, None);
-                    self.wipe(enclave);
+                    self.wipe(enclave, "the enclave moved on or was lost");
                 }
                 SendEffect::Finished(outcome) => self.finish_out(m, enclave, outcome),
             }
@@ -574,7 +583,7 @@ impl Monitor {
         let Some(r) = self.enclaves.get_mut(&enclave) else {
             return;
         };
-        if !r.durability.caught_up() {
+        if !r.ready_to_collect() {
             return;
         }
         let Some(m) = r.durability.collect_for.take() else {
@@ -614,13 +623,16 @@ impl Monitor {
         let Some(prepare) = prepare else {
             return Err(state_error("no machine"));
         };
-        let sealed = r
-            .enclave
+        let Some(e) = r.enclave.as_mut() else {
+            // Invariant: collection waits for the enclave to be back (`ready_to_collect`).
+            unreachable!("collecting an enclave an ecall holds");
+        };
+        let sealed = e
             .services_mut()
             .unseal_all()
             .map_err(|(slot, e)| state_error(format!("sealed slot {slot:?} refused: {e}")))?;
-        let sealed_bytes: u64 = sealed.iter().map(|(_, _, d)| d.len() as u64).sum();
-        if r.enclave.memory_bytes() as u64 != prepare.memory_bytes
+        let sealed_bytes: u64 = sealed.iter().map(|s| s.data.len() as u64).sum();
+        if e.memory_bytes() as u64 != prepare.memory_bytes
             || sealed.len() > prepare.sealed_slots as usize
             || sealed_bytes > prepare.sealed_bytes
         {
@@ -629,10 +641,10 @@ impl Monitor {
             ));
         }
         Ok(SendPlan {
-            module: Arc::clone(r.enclave.module().module_bytes()),
+            module: Arc::clone(e.module().module_bytes()),
             sealed,
-            globals: r.enclave.globals(),
-            counters: r.enclave.services().counters(),
+            globals: e.globals(),
+            counters: e.services().counters(),
         })
     }
 
@@ -778,6 +790,7 @@ impl Monitor {
         let services = InstanceServices::new(
             p.enclave,
             p.app,
+            p.incarnation,
             Arc::clone(&self.hw),
             Arc::clone(&self.blobs),
         );
@@ -812,7 +825,7 @@ impl Monitor {
         let resealed = received
             .sealed
             .iter()
-            .try_for_each(|(slot, version, data)| services.reseal_slot(slot, *version, data));
+            .try_for_each(|s| services.reseal_slot(s));
         let durable = enclave.services().durable();
         i.rebuilt = Some(enclave);
         resealed.map_err(|e| state_error(format!("re-sealing: {e}")))?;

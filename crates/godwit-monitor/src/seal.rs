@@ -13,7 +13,7 @@ use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use serde::{Deserialize, Serialize};
 
 /// Blob format version.
-pub const FORMAT: u8 = 1;
+pub const FORMAT: u8 = 2;
 /// Largest encoded header accepted.
 const HEADER_BYTES_MAX: usize = 256;
 /// Largest blob accepted from the host: the largest sealable payload plus overhead.
@@ -32,6 +32,18 @@ pub struct BlobHeader {
     pub slot: String,
     /// The SM's version number for this slot; strictly increasing per seal.
     pub version: u64,
+    /// The incarnation of the instance that sealed it, as the ledger numbers them.
+    pub incarnation: u64,
+}
+
+/// Which blob of a slot the SM expects back: exactly this version, sealed by exactly this
+/// incarnation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expected {
+    /// The newest version.
+    pub version: u64,
+    /// The incarnation that sealed it.
+    pub incarnation: u64,
 }
 
 /// Why a blob was refused.
@@ -75,6 +87,19 @@ pub enum SealError {
         presented: u64,
         /// The newest version the SM sealed.
         newest: u64,
+    },
+    /// The right version, sealed by another incarnation of the instance: one that was lost
+    /// before the store recorded it.
+    #[error(
+        "blob version {version} was sealed by incarnation {presented}, not {expected}: a seal of a lost incarnation the store never recorded, refused"
+    )]
+    OtherIncarnation {
+        /// The version.
+        version: u64,
+        /// The incarnation that sealed the blob presented.
+        presented: u64,
+        /// The incarnation that sealed the version the SM expects.
+        expected: u64,
     },
 }
 
@@ -135,15 +160,17 @@ pub fn header(blob: &[u8]) -> Result<(BlobHeader, usize), SealError> {
 }
 
 /// Opens a blob the host handed back: checks its binding to (`enclave`, `app`, `slot`),
-/// its authenticity, and that its version is exactly `newest`, the newest the SM sealed.
+/// its authenticity, and that it is exactly the `expected` one: the newest version the SM
+/// sealed, from the incarnation that sealed it.
 pub fn open(
     key: &SealingKey,
     enclave: EnclaveId,
     app: Measurement,
     slot: &str,
-    newest: u64,
+    expected: Expected,
     blob: &[u8],
 ) -> Result<Vec<u8>, SealError> {
+    let newest = expected.version;
     let (h, body_start) = header(blob)?;
     if h.enclave != enclave || h.app != app || h.slot != slot {
         return Err(SealError::WrongBinding {
@@ -180,6 +207,17 @@ pub fn open(
             newest,
         });
     }
+    #[cfg(feature = "planted-bugs")]
+    let planted = godwit_proto::planted::any_incarnation();
+    #[cfg(not(feature = "planted-bugs"))]
+    let planted = false;
+    if h.incarnation != expected.incarnation && !planted {
+        return Err(SealError::OtherIncarnation {
+            version: h.version,
+            presented: h.incarnation,
+            expected: expected.incarnation,
+        });
+    }
     body.truncate(plain_len);
     Ok(body)
 }
@@ -206,6 +244,14 @@ mod tests {
             app: APP,
             slot: "s".into(),
             version,
+            incarnation: 0,
+        }
+    }
+    /// Version `version` of incarnation 0.
+    fn v(version: u64) -> Expected {
+        Expected {
+            version,
+            incarnation: 0,
         }
     }
 
@@ -214,20 +260,20 @@ mod tests {
         let hw = hw(1, 1);
         let key = hw.sealing_key(&APP);
         let v2 = seal(&key, &header(2), [3; 12], b"data");
-        assert_eq!(open(&key, E1, APP, "s", 2, &v2).unwrap(), b"data");
+        assert_eq!(open(&key, E1, APP, "s", v(2), &v2).unwrap(), b"data");
         // Ciphertext only: the plaintext does not appear in the blob.
         assert!(!v2.windows(4).any(|w| w == b"data"));
         // Older than the newest: rollback.
         let v1 = seal(&key, &header(1), [4; 12], b"old!");
         assert_eq!(
-            open(&key, E1, APP, "s", 2, &v1),
+            open(&key, E1, APP, "s", v(2), &v1),
             Err(SealError::Rollback {
                 presented: 1,
                 newest: 2
             })
         );
         assert_eq!(
-            open(&key, E1, APP, "s", 1, &v2),
+            open(&key, E1, APP, "s", v(1), &v2),
             Err(SealError::UnknownVersion {
                 presented: 2,
                 newest: 1
@@ -235,15 +281,15 @@ mod tests {
         );
         // Another instance, slot or application.
         assert!(matches!(
-            open(&key, EnclaveId([2; 16]), APP, "s", 2, &v2),
+            open(&key, EnclaveId([2; 16]), APP, "s", v(2), &v2),
             Err(SealError::WrongBinding { .. })
         ));
         assert!(matches!(
-            open(&key, E1, APP, "t", 2, &v2),
+            open(&key, E1, APP, "t", v(2), &v2),
             Err(SealError::WrongBinding { .. })
         ));
         assert!(matches!(
-            open(&key, E1, Measurement([8; 32]), "s", 2, &v2),
+            open(&key, E1, Measurement([8; 32]), "s", v(2), &v2),
             Err(SealError::WrongBinding { .. })
         ));
         // Any flipped bit, header included.
@@ -251,7 +297,7 @@ mod tests {
             let mut bad = v2.clone();
             bad[i] ^= 0x10;
             assert!(
-                open(&key, E1, APP, "s", 2, &bad).is_err(),
+                open(&key, E1, APP, "s", v(2), &bad).is_err(),
                 "bit flip at {i} accepted"
             );
         }
@@ -265,12 +311,32 @@ mod tests {
         out.append(&mut forged);
         out.extend_from_slice(&forged_from[body..]);
         assert_eq!(
-            open(&key, E1, APP, "s", 2, &out),
+            open(&key, E1, APP, "s", v(2), &out),
             Err(SealError::Authentication)
+        );
+        // The right version sealed by another incarnation (a lost one): refused.
+        let mut other = header(2);
+        other.incarnation = 1;
+        let v2_next_life = seal(&key, &other, [6; 12], b"new!");
+        let expected = Expected {
+            version: 2,
+            incarnation: 1,
+        };
+        assert_eq!(
+            open(&key, E1, APP, "s", expected, &v2_next_life).unwrap(),
+            b"new!"
+        );
+        assert_eq!(
+            open(&key, E1, APP, "s", expected, &v2),
+            Err(SealError::OtherIncarnation {
+                version: 2,
+                presented: 0,
+                expected: 1
+            })
         );
         // Truncations.
         for n in [0, 1, 2, 10, v2.len() - 1] {
-            assert!(open(&key, E1, APP, "s", 2, &v2[..n]).is_err());
+            assert!(open(&key, E1, APP, "s", v(2), &v2[..n]).is_err());
         }
     }
 
@@ -282,7 +348,7 @@ mod tests {
         for sealer in [&other_device, &other_sm] {
             let blob = seal(&sealer.sealing_key(&APP), &header(1), [3; 12], b"data");
             assert_eq!(
-                open(&here.sealing_key(&APP), E1, APP, "s", 1, &blob),
+                open(&here.sealing_key(&APP), E1, APP, "s", v(1), &blob),
                 Err(SealError::Authentication)
             );
         }
@@ -292,7 +358,7 @@ mod tests {
         #[test]
         fn arbitrary_blobs_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
             let key = hw(1, 1).sealing_key(&APP);
-            let _ = open(&key, E1, APP, "s", 1, &bytes);
+            let _ = open(&key, E1, APP, "s", v(1), &bytes);
         }
     }
 }

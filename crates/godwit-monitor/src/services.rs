@@ -15,9 +15,8 @@ use crate::seal::{self, BlobHeader, SealError};
 pub const SLOTS_MAX: usize = 64;
 /// Most monotonic counters one instance may create.
 pub const COUNTERS_MAX: usize = 64;
-/// Most versions of one slot sealed and not yet recorded by the store. A fresh instance of
-/// a lost enclave starts its versions past this window, so that no version number is ever
-/// sealed twice (see `InstanceServices::adopt_durable`).
+/// Most versions of one slot sealed and not yet recorded by the store: a slot's blobs on
+/// the host's disk stay bounded while the store is away.
 pub const UNRECORDED_SEALS_MAX: u64 = 1024;
 
 /// What the SM remembers of one sealed slot.
@@ -25,25 +24,29 @@ pub const UNRECORDED_SEALS_MAX: u64 = 1024;
 pub(crate) struct Slot {
     /// The newest version sealed: the only one `unseal` accepts.
     pub(crate) version: u64,
+    /// The incarnation that sealed it: an adopted instance's recorded versions were sealed
+    /// by the lost one before it.
+    pub(crate) incarnation: u64,
     /// Its plaintext size.
     pub(crate) len: usize,
     /// The newest version the store has recorded; older blobs can go.
     pub(crate) recorded: u64,
-    /// The next version to seal (past `version`; further for an adopted instance).
-    pub(crate) next: u64,
-    /// Versions up to here (past `recorded`) were left by a lost earlier instance: this
-    /// one neither holds nor opens them.
-    pub(crate) floor: u64,
 }
 
 impl Slot {
     /// The versions this instance may have on the host's disk: the recorded one, and the
     /// ones it sealed since.
     fn held(&self) -> impl Iterator<Item = u64> {
-        let own = self.recorded.max(self.floor) + 1;
         std::iter::once(self.recorded)
             .filter(|v| *v > 0)
-            .chain(own..=self.version)
+            .chain(self.recorded + 1..=self.version)
+    }
+
+    fn expected(&self) -> seal::Expected {
+        seal::Expected {
+            version: self.version,
+            incarnation: self.incarnation,
+        }
     }
 }
 
@@ -59,6 +62,8 @@ pub(crate) fn blob_name(slot: &str, version: u64) -> String {
 pub struct InstanceServices {
     pub(crate) id: EnclaveId,
     pub(crate) app: Measurement,
+    /// The ledger's incarnation of this instance: every seal is bound to it.
+    pub(crate) incarnation: u64,
     key: SealingKey,
     /// Per slot: the newest version sealed (the rollback reference) and its plaintext size.
     pub(crate) slots: BTreeMap<String, Slot>,
@@ -87,12 +92,14 @@ impl InstanceServices {
     pub(crate) fn new(
         id: EnclaveId,
         app: Measurement,
+        incarnation: u64,
         hw: Arc<dyn Hardware>,
         blobs: Arc<dyn BlobStore>,
     ) -> Self {
         Self {
             id,
             app,
+            incarnation,
             key: hw.sealing_key(&app),
             slots: BTreeMap::new(),
             counters: BTreeMap::new(),
@@ -109,39 +116,47 @@ impl InstanceServices {
         if current.is_none() && self.slots.len() >= SLOTS_MAX {
             return Err(AbiError::Limit);
         }
-        let version = current.map_or(1, |s| s.next);
-        let (recorded, floor) = current.map_or((0, 0), |s| (s.recorded, s.floor));
-        if version - recorded.max(floor) > UNRECORDED_SEALS_MAX {
+        let (version, recorded) = match current {
+            Some(s) => (s.version.checked_add(1).ok_or(AbiError::Limit)?, s.recorded),
+            None => (1, 0),
+        };
+        if version - recorded > UNRECORDED_SEALS_MAX {
             tracing::warn!(enclave = %self.id, slot, "too many seals the store has not recorded");
             return Err(AbiError::Limit);
         }
-        self.put_sealed(slot, version, data).map_err(|e| {
-            tracing::warn!(enclave = %self.id, slot, error = %e, "host refused a sealed blob");
-            AbiError::HostUnavailable
-        })?;
-        let next = version.checked_add(1).ok_or(AbiError::Limit)?;
+        self.put_sealed(slot, version, self.incarnation, data)
+            .map_err(|e| {
+                tracing::warn!(enclave = %self.id, slot, error = %e, "host refused a sealed blob");
+                AbiError::HostUnavailable
+            })?;
         self.slots.insert(
             slot.to_owned(),
             Slot {
                 version,
+                incarnation: self.incarnation,
                 len: data.len(),
                 recorded,
-                next,
-                floor,
             },
         );
         Ok(())
     }
 
-    /// Seals `data` as version `version` of `slot`, under a fresh nonce, and hands the blob
-    /// to the host.
-    fn put_sealed(&self, slot: &str, version: u64, data: &[u8]) -> Result<(), HostError> {
+    /// Seals `data` as version `version` of `slot` from incarnation `incarnation`, under a
+    /// fresh nonce, and hands the blob to the host.
+    fn put_sealed(
+        &self,
+        slot: &str,
+        version: u64,
+        incarnation: u64,
+        data: &[u8],
+    ) -> Result<(), HostError> {
         let header = BlobHeader {
-            format: 1,
+            format: seal::FORMAT,
             enclave: self.id,
             app: self.app,
             slot: slot.to_owned(),
             version,
+            incarnation,
         };
         let mut nonce = [0u8; 12];
         self.hw.fill_random(&mut nonce);
@@ -149,43 +164,30 @@ impl InstanceServices {
         self.blobs.put(self.id, &blob_name(slot, version), &blob)
     }
 
-    /// Seals `data` into `slot` at exactly `version`: a migrated instance keeps its version
-    /// numbers, so they never go back across hosts.
-    pub(crate) fn reseal_slot(
-        &mut self,
-        slot: &str,
-        version: u64,
-        data: &[u8],
-    ) -> Result<(), SealError> {
+    /// Seals a migrated slot at exactly the version and incarnation it had at the source:
+    /// a migrated instance keeps its version numbers, so they never go back across hosts.
+    pub(crate) fn reseal_slot(&mut self, s: &godwit_proto::SealedSlot) -> Result<(), SealError> {
+        let slot = s.slot.as_str();
         valid_name(slot.as_bytes())
             .map_err(|_| SealError::Malformed(format!("slot name {slot:?}")))?;
-        if data.len() > godwit_enclave::SEAL_BYTES_MAX
+        if s.data.len() > godwit_enclave::SEAL_BYTES_MAX
             || (self.slots.len() >= SLOTS_MAX && !self.slots.contains_key(slot))
         {
             return Err(SealError::Malformed("sealed data over the limits".into()));
         }
-        self.put_sealed(slot, version, data)
+        self.put_sealed(slot, s.version, s.incarnation, &s.data)
             .map_err(|_| SealError::Missing)?;
         // COMMIT records these versions before the instance runs here.
         self.slots.insert(
             slot.to_owned(),
             Slot {
-                version,
-                len: data.len(),
-                recorded: version,
-                next: version.saturating_add(1),
-                floor: 0,
+                version: s.version,
+                incarnation: s.incarnation,
+                len: s.data.len(),
+                recorded: s.version,
             },
         );
         Ok(())
-    }
-
-    /// Sealed slots and their total plaintext size.
-    pub(crate) fn sealed_size(&self) -> (usize, u64) {
-        (
-            self.slots.len(),
-            self.slots.values().map(|s| s.len as u64).sum(),
-        )
     }
 
     /// Sets the counters carried by a migration.
@@ -208,20 +210,21 @@ impl InstanceServices {
         self.counters.iter().map(|(k, v)| (k.clone(), *v)).collect()
     }
 
-    /// Every sealed slot, opened: (slot, version, plaintext). Fails on the first blob that
-    /// does not open, so a migration never carries data the SM could not verify.
+    /// Every sealed slot, opened. Fails on the first blob that does not open, so a
+    /// migration never carries data the SM could not verify.
     pub(crate) fn unseal_all(
         &mut self,
     ) -> Result<Vec<godwit_proto::SealedSlot>, (String, SealError)> {
-        let slots: Vec<(String, u64)> = self
-            .slots
-            .iter()
-            .map(|(s, v)| (s.clone(), v.version))
-            .collect();
+        let slots: Vec<(String, Slot)> = self.slots.iter().map(|(s, v)| (s.clone(), *v)).collect();
         slots
             .into_iter()
-            .map(|(slot, version)| match self.unseal_slot(&slot) {
-                Ok(data) => Ok((slot, version, zeroize::Zeroizing::new(data))),
+            .map(|(slot, known)| match self.unseal_slot(&slot) {
+                Ok(data) => Ok(godwit_proto::SealedSlot {
+                    slot,
+                    version: known.version,
+                    incarnation: known.incarnation,
+                    data: zeroize::Zeroizing::new(data),
+                }),
                 Err(e) => Err((slot, e)),
             })
             .collect()
@@ -265,7 +268,8 @@ impl InstanceServices {
     }
 
     /// Fetches `slot`'s newest blob from the host and opens it, refusing anything but
-    /// exactly the newest version this SM sealed (or, for an adopted instance, recorded).
+    /// exactly the newest version this SM sealed (or, for an adopted instance, recorded),
+    /// from the incarnation that sealed it.
     pub(crate) fn unseal_slot(&mut self, slot: &str) -> Result<Vec<u8>, SealError> {
         let known = *self.slots.get(slot).ok_or(SealError::NotSealed)?;
         let blob = self
@@ -274,7 +278,7 @@ impl InstanceServices {
             .ok()
             .flatten()
             .ok_or(SealError::Missing)?;
-        let data = seal::open(&self.key, self.id, self.app, slot, known.version, &blob)?;
+        let data = seal::open(&self.key, self.id, self.app, slot, known.expected(), &blob)?;
         if let Some(s) = self.slots.get_mut(slot) {
             s.len = data.len();
         }
@@ -290,6 +294,7 @@ impl InstanceServices {
                 .map(|(k, s)| {
                     let v = godwit_proto::SlotVersion {
                         version: s.version,
+                        incarnation: s.incarnation,
                         len: s.len as u64,
                     };
                     (k.clone(), v)
@@ -299,23 +304,20 @@ impl InstanceServices {
         }
     }
 
-    /// Takes the durable state the store recorded for an adopted instance: exactly the
-    /// recorded versions, consistent with the recorded counters. The lost instance may have
-    /// sealed up to [`UNRECORDED_SEALS_MAX`] newer versions the store never heard of (their
-    /// results were never released); they are never opened, and this instance's own seals
-    /// start past them, so no version number is sealed twice.
-    pub(crate) fn adopt_durable(&mut self, d: &godwit_proto::DurableState) {
+    /// Takes the durable state the store recorded for an adopted instance, which is
+    /// `incarnation`: exactly the recorded versions (sealed by earlier incarnations),
+    /// consistent with the recorded counters. The lost instance may have sealed newer
+    /// versions the store never heard of (their results were never released); they carry
+    /// its incarnation, so they are never opened, and this instance's own seals, under its
+    /// new incarnation, may reuse their numbers without ever being mistaken for them.
+    pub(crate) fn adopt_durable(&mut self, d: &godwit_proto::DurableState, incarnation: u64) {
+        self.incarnation = incarnation;
         for (slot, v) in &d.sealed {
-            let len = usize::try_from(v.len).unwrap_or(usize::MAX);
             let slot_state = Slot {
                 version: v.version,
-                len,
+                incarnation: v.incarnation,
+                len: usize::try_from(v.len).unwrap_or(usize::MAX),
                 recorded: v.version,
-                next: v
-                    .version
-                    .saturating_add(UNRECORDED_SEALS_MAX)
-                    .saturating_add(1),
-                floor: v.version.saturating_add(UNRECORDED_SEALS_MAX),
             };
             self.slots.insert(slot.clone(), slot_state);
         }

@@ -1,6 +1,8 @@
-//! The control API: how the hypervisor or operator talks to a host's daemon. One JSON
-//! request per line on a Unix socket (mode 0600), each carrying the token from the file
-//! the configuration names; one or more JSON lines back (progress, then a final answer).
+//! The control API: how the hypervisor or operator talks to a host's daemon, on a Unix
+//! socket (mode 0600). A connection carries one request: first a line with the token from
+//! the file the configuration names (read with a small bound and checked before anything
+//! else is read), then the command as one JSON line; one or more JSON lines come back
+//! (progress, then a final answer).
 
 use std::path::Path;
 
@@ -8,8 +10,11 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
-/// Largest request line accepted (a module travels hex-encoded inside it).
+/// Largest request line accepted (a module travels hex-encoded inside it), read only
+/// once the token checked out.
 pub const REQUEST_BYTES_MAX: usize = 48 * 1024 * 1024;
+/// Largest token line accepted: the first thing read from a connection.
+pub const TOKEN_LINE_BYTES_MAX: usize = 256;
 
 /// What the client asks.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -34,6 +39,10 @@ pub enum Command {
         function: String,
         /// The argument, as text.
         arg: String,
+        /// How long to wait for a withheld result (one that waits for the store), in
+        /// milliseconds; 30 000 if absent.
+        #[serde(default)]
+        wait_ms: Option<u64>,
     },
     /// Migrate an enclave to another host.
     Migrate {
@@ -68,16 +77,6 @@ pub enum Command {
         /// Its host id.
         host: String,
     },
-}
-
-/// A request line.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Request {
-    /// The control token.
-    pub token: String,
-    /// The command.
-    #[serde(flatten)]
-    pub command: Command,
 }
 
 /// A response line: progress, or the final answer.
@@ -147,11 +146,9 @@ pub async fn request(
             source,
         })?;
     let (read, mut write) = stream.into_split();
-    let mut line = serde_json::to_vec(&Request {
-        token: token.trim().to_owned(),
-        command,
-    })
-    .map_err(|e| ClientError::Protocol(e.to_string()))?;
+    let mut line = token.trim().as_bytes().to_vec();
+    line.push(b'\n');
+    line.extend(serde_json::to_vec(&command).map_err(|e| ClientError::Protocol(e.to_string()))?);
     line.push(b'\n');
     write
         .write_all(&line)

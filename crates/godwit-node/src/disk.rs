@@ -2,11 +2,24 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use godwit_monitor::{BlobStore, HostError};
 use godwit_wire::EnclaveId;
+
+/// Makes sure the file at `path` exists and only its owner may read or write it (a file
+/// another program creates there, e.g. the store's database, would otherwise take the
+/// umask's mode).
+pub(crate) fn private_file(path: &Path) -> std::io::Result<()> {
+    fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+}
 
 /// Sealed blobs under a directory: `DIR/<enclave>/<slot>@<version>`. The SM checks everything read
 /// back; this only has to be durable (write, fsync, rename).
@@ -48,7 +61,11 @@ impl BlobStore for DirBlobStore {
     fn put(&self, enclave: EnclaveId, slot: &str, blob: &[u8]) -> Result<(), HostError> {
         let path = self.path(enclave, slot)?;
         let parent = path.parent().ok_or_else(|| err("no parent"))?;
-        fs::create_dir_all(parent).map_err(err)?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .map_err(err)?;
         let tmp = parent.join(format!(".{slot}.tmp"));
         let mut f = fs::OpenOptions::new()
             .write(true)

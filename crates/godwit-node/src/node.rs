@@ -88,6 +88,9 @@ pub(crate) struct Inner {
     /// What this host's migrations and store writes did since it started.
     pub(crate) metrics: Mutex<crate::metrics::Metrics>,
     shutdown: Notify,
+    /// One lock per enclave with a call under way, so that its calls run one at a time
+    /// (the SM refuses a second one as busy) without holding the SM.
+    calls: Mutex<HashMap<godwit_wire::EnclaveId, Arc<tokio::sync::Mutex<()>>>>,
     /// Set when the store was found corrupted and restarted empty: until a leader has
     /// replicated to this member, it grants no vote (it may have voted before the wipe, and
     /// must not vote twice in one term).
@@ -130,6 +133,34 @@ impl Inner {
         }
         self.timer.notify_one();
         r
+    }
+
+    /// Runs an ecall without holding the SM: the SM hands the enclave out, a blocking
+    /// thread runs it, and the SM takes it back. Calls of one enclave wait for each other;
+    /// other enclaves, frames and timers go on meanwhile.
+    pub(crate) async fn run_call(
+        self: &Arc<Self>,
+        id: godwit_wire::EnclaveId,
+        ecall: &str,
+        arg: &[u8],
+    ) -> Result<godwit_monitor::CallOutcome, godwit_monitor::MonitorError> {
+        let turn = Arc::clone(lock(&self.calls).entry(id).or_default());
+        let result = {
+            let _turn = turn.lock().await;
+            match self.with(|m| m.begin_call(id, ecall, arg)) {
+                Ok(run) => match tokio::task::spawn_blocking(move || run.run()).await {
+                    Ok(done) => self.with(|m| m.end_call(done)),
+                    // Invariant: an ecall does not panic (wasmtime turns traps into errors).
+                    Err(e) => panic!("an ecall's thread failed: {e}"),
+                },
+                Err(e) => Err(e),
+            }
+        };
+        let mut calls = lock(&self.calls);
+        if calls.get(&id).is_some_and(|t| Arc::strong_count(t) <= 2) {
+            calls.remove(&id);
+        }
+        result
     }
 
     pub(crate) fn raft(&self) -> Option<&Raft> {
@@ -558,6 +589,34 @@ async fn write_frame(
     }
 }
 
+/// Reads the control token. A token file others may read, or an empty one, is refused:
+/// the token is the only thing between the socket and the SM's entry points.
+fn read_token(path: &std::path::Path) -> Result<String, NodeError> {
+    use std::os::unix::fs::PermissionsExt;
+    let file = path.display();
+    let fail = |why: String| NodeError::Start(format!("control token file {file}: {why}"));
+    let mode = std::fs::metadata(path)
+        .map_err(|e| fail(e.to_string()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(fail(format!(
+            "mode {:o} lets others read it; run `chmod 600 {file}`",
+            mode & 0o777
+        )));
+    }
+    let token = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+    let token = token.trim();
+    if token.is_empty() || token.len() > crate::control::TOKEN_LINE_BYTES_MAX - 1 {
+        return Err(fail(format!(
+            "{} bytes; it must hold a token of 1 to {} characters (`godwit cluster init` writes one)",
+            token.len(),
+            crate::control::TOKEN_LINE_BYTES_MAX - 1
+        )));
+    }
+    Ok(token.to_owned())
+}
+
 /// Opens the store member's files. Files that fail authentication (corrupted, or not this
 /// SM's) are moved aside and the member starts empty, rejoining from its peers; other
 /// failures (e.g. the file in use by another process) stop the start.
@@ -566,6 +625,8 @@ fn open_store(
     hw: &Arc<dyn Hardware>,
 ) -> Result<(godwit_store::LogStore, godwit_store::StateMachine, bool), NodeError> {
     let path = cfg.store_path();
+    crate::disk::private_file(&path)
+        .map_err(|e| NodeError::Start(format!("{}: {e}", path.display())))?;
     match godwit_store::open(&path, Sealer::new(Arc::clone(hw))) {
         Ok((log, sm)) => Ok((log, sm, false)),
         Err(
@@ -584,6 +645,8 @@ fn open_store(
                 std::fs::rename(&path, &aside)
                     .map_err(|e| NodeError::Start(format!("{}: {e}", path.display())))?;
             }
+            crate::disk::private_file(&path)
+                .map_err(|e| NodeError::Start(format!("{}: {e}", path.display())))?;
             let (log, sm) = godwit_store::open_empty(&path, Sealer::new(Arc::clone(hw)))?;
             Ok((log, sm, true))
         }
@@ -629,11 +692,8 @@ impl Node {
             },
         )
         .map_err(|e| NodeError::Start(e.to_string()))?;
+        let token = read_token(&cfg.control.token_file)?;
         let (log, sm, rejoining) = open_store(&cfg, &hw)?;
-        let token = std::fs::read_to_string(&cfg.control.token_file)
-            .map_err(|e| NodeError::Start(format!("{}: {e}", cfg.control.token_file.display())))?
-            .trim()
-            .to_owned();
         let listener = TcpListener::bind(&cfg.listen)
             .await
             .map_err(|e| NodeError::Start(format!("listen on {}: {e}", cfg.listen)))?;
@@ -653,6 +713,7 @@ impl Node {
             token,
             metrics: Mutex::default(),
             shutdown: Notify::new(),
+            calls: Mutex::new(HashMap::new()),
             rejoining: std::sync::atomic::AtomicBool::new(rejoining),
         });
         let raft_config = Arc::new(

@@ -4,7 +4,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use godwit_monitor::{CallOutcome, EnclaveState, Event, MigrationReport, MonitorError};
+use godwit_monitor::{CallError, CallOutcome, EnclaveState, Event, MigrationReport, MonitorError};
 use godwit_proto::{AbortReason, RefuseReason};
 use godwit_wire::{EnclaveId, HostId, Manifest};
 use serde_json::{Value, json};
@@ -14,22 +14,18 @@ use tokio::net::UnixListener;
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::control::{Command, REQUEST_BYTES_MAX, Request, Response};
+use crate::control::{Command, REQUEST_BYTES_MAX, Response, TOKEN_LINE_BYTES_MAX};
 use crate::node::Inner;
 
 /// How long a deploy waits for the store to register the enclave.
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Binds the control socket (mode 0600) and serves it.
+/// Binds the control socket and serves it. The socket is bound inside a fresh directory
+/// only its owner can enter, set to 0600, and only then renamed into place: whatever the
+/// umask, nobody else can ever connect to it.
 pub(crate) async fn serve(inner: Arc<Inner>) -> Result<(), String> {
     let path = inner.cfg.control.socket.clone();
-    if path.exists() {
-        std::fs::remove_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    }
-    let listener =
-        UnixListener::bind(&path).map_err(|e| format!("control socket {}: {e}", path.display()))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let listener = bind_private(&path)?;
     tokio::spawn(async move {
         loop {
             match listener.accept().await {
@@ -44,6 +40,33 @@ pub(crate) async fn serve(inner: Arc<Inner>) -> Result<(), String> {
         }
     });
     Ok(())
+}
+
+fn bind_private(path: &std::path::Path) -> Result<UnixListener, String> {
+    use std::os::unix::fs::DirBuilderExt;
+    let at = |e: std::io::Error| format!("control socket {}: {e}", path.display());
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| format!("control socket {}: not a file name", path.display()))?;
+    let mut nonce = [0u8; 8];
+    crate::node::host_random(&mut nonce).map_err(|e| at(std::io::Error::other(e)))?;
+    let private = parent.join(format!(".godwit-socket-{}", hex::encode(nonce)));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .map_err(at)?;
+    let staged = private.join(name);
+    let bound = UnixListener::bind(&staged).and_then(|l| {
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&staged, path)?;
+        Ok(l)
+    });
+    let _ = std::fs::remove_dir(&private);
+    bound.map_err(at)
 }
 
 async fn send(w: &mut OwnedWriteHalf, r: &Response) {
@@ -62,13 +85,28 @@ fn err(code: &str, error: impl std::fmt::Display) -> Response {
 
 async fn handle(inner: Arc<Inner>, stream: tokio::net::UnixStream) {
     let (r, mut w) = stream.into_split();
-    let mut reader = BufReader::new(r.take(REQUEST_BYTES_MAX as u64));
-    let mut line = String::new();
-    if reader.read_line(&mut line).await.is_err() {
+    let mut reader = BufReader::new(r);
+    // The token first, within a small bound: nothing else is read before it checks out.
+    let mut token = Vec::new();
+    let read = (&mut reader)
+        .take(TOKEN_LINE_BYTES_MAX as u64)
+        .read_until(b'\n', &mut token)
+        .await;
+    let token = token.strip_suffix(b"\n").unwrap_or(&token);
+    if read.is_err() || !bool::from(token.ct_eq(inner.token.as_bytes())) {
+        return send(&mut w, &err("unauthorized", "wrong control credentials")).await;
+    }
+    let mut line = Vec::new();
+    if (&mut reader)
+        .take(REQUEST_BYTES_MAX as u64)
+        .read_until(b'\n', &mut line)
+        .await
+        .is_err()
+    {
         return;
     }
-    let req: Request = match serde_json::from_str(&line) {
-        Ok(r) => r,
+    let command: Command = match serde_json::from_slice(&line) {
+        Ok(c) => c,
         Err(e) => {
             return send(
                 &mut w,
@@ -77,10 +115,7 @@ async fn handle(inner: Arc<Inner>, stream: tokio::net::UnixStream) {
             .await;
         }
     };
-    if !bool::from(req.token.as_bytes().ct_eq(inner.token.as_bytes())) {
-        return send(&mut w, &err("unauthorized", "wrong control credentials")).await;
-    }
-    let response = match req.command {
+    let response = match command {
         Command::Deploy {
             module_hex,
             manifest,
@@ -90,7 +125,11 @@ async fn handle(inner: Arc<Inner>, stream: tokio::net::UnixStream) {
             enclave,
             function,
             arg,
-        } => call(&inner, &enclave, &function, &arg).await,
+            wait_ms,
+        } => {
+            let wait = wait_ms.map_or(WITHHELD_TIMEOUT, Duration::from_millis);
+            call(&inner, &enclave, &function, &arg, wait).await
+        }
         Command::Migrate { enclave, to } => migrate(&inner, &enclave, &to, &mut w).await,
         Command::Destroy { enclave } => match parse_enclave(&enclave) {
             Ok(id) => inner.with(|m| m.destroy(id)).map_or_else(
@@ -230,33 +269,44 @@ async fn deploy(
     }
 }
 
-/// How long a withheld result may wait for the store.
+/// How long a withheld result may wait for the store, unless the request says.
 const WITHHELD_TIMEOUT: Duration = Duration::from_secs(30);
 
-async fn call(inner: &Arc<Inner>, enclave: &str, function: &str, arg: &str) -> Response {
+async fn call(
+    inner: &Arc<Inner>,
+    enclave: &str,
+    function: &str,
+    arg: &str,
+    wait: Duration,
+) -> Response {
     let id = match parse_enclave(enclave) {
         Ok(id) => id,
         Err(e) => return e,
     };
     let mut events = inner.events.subscribe();
-    let out = match inner.with(|m| m.call(id, function, arg.as_bytes())) {
+    let out = match inner.run_call(id, function, arg.as_bytes()).await {
         Ok(CallOutcome::Done(out)) => out,
         Ok(CallOutcome::Pending(call)) => {
-            // The result depends on durable state the store has not recorded yet.
-            let wait = async {
+            // The outcome depends on durable state the store has not recorded yet.
+            let wait_for = wait;
+            let outcome = async {
                 loop {
                     match events.recv().await {
                         Ok(Event::CallCompleted {
                             call: c, result, ..
-                        }) if c == call => return result,
+                        }) if c == call => return Some(result),
                         Ok(_) | Err(RecvError::Lagged(_)) => {}
-                        Err(RecvError::Closed) => return Err("node shutting down".into()),
+                        Err(RecvError::Closed) => return None,
                     }
                 }
             };
-            match tokio::time::timeout(WITHHELD_TIMEOUT, wait).await {
-                Ok(Ok(out)) => out,
-                Ok(Err(e)) => return err("store_refused", e),
+            match tokio::time::timeout(wait_for, outcome).await {
+                Ok(Some(Ok(out))) => out,
+                Ok(Some(Err(CallError::Enclave(e)))) => {
+                    return monitor_err(inner, MonitorError::Enclave(e));
+                }
+                Ok(Some(Err(e))) => return err("store_refused", e),
+                Ok(None) => return err("shutting_down", "the node is shutting down"),
                 Err(_) => {
                     return err(
                         "store_unavailable",
@@ -426,7 +476,7 @@ pub(crate) fn status(inner: &Arc<Inner>) -> Value {
             .collect()
     });
     let local: Vec<Value> = inner.with(|m| m.list()).into_iter().map(|i| {
-        json!({ "id": i.id.to_string(), "app": i.app, "state": i.state.to_string(), "epoch": i.epoch, "memory_bytes": i.memory_bytes })
+        json!({ "id": i.id.to_string(), "app": i.app, "state": i.state.to_string(), "epoch": i.epoch, "memory_bytes": i.memory_bytes, "busy": i.busy })
     }).collect();
     let counts: Vec<Value> = inner.ledger.read(|d| {
         d.ledger

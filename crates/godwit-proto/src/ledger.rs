@@ -58,11 +58,17 @@ pub enum Decision {
     Aborted,
 }
 
-/// One sealed slot's newest version and its plaintext size.
+/// One sealed slot's newest version, the incarnation that sealed it, and its plaintext
+/// size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SlotVersion {
     /// The newest version sealed.
     pub version: u64,
+    /// The incarnation of the instance that sealed it (see [`EnclaveRecord::incarnation`]):
+    /// a blob opens only under the exact (version, incarnation) recorded, so a version a
+    /// lost incarnation sealed but never recorded can never pass for the one a later
+    /// incarnation sealed under the same number.
+    pub incarnation: u64,
     /// Its plaintext size.
     pub len: u64,
 }
@@ -121,6 +127,10 @@ pub struct EnclaveRecord {
     pub owner_boot: Boot,
     /// Advances with every decision: a write naming an older epoch is stale.
     pub epoch: u64,
+    /// Which life of the instance this is: 0 at registration, one more at every adoption.
+    /// Every blob is sealed under its incarnation, so no (key, slot, version) is ever
+    /// sealed twice by two lives of one instance.
+    pub incarnation: u64,
     /// Its state.
     pub state: RecordState,
     /// The last decided migration and its outcome, so decisions can be repeated.
@@ -400,9 +410,10 @@ impl Ledger {
         })
     }
 
-    /// Whether the SM that owns `r` has restarted since it took ownership.
+    /// Whether the SM that owns `r` has restarted since it took ownership. (An owner boot
+    /// newer than the one announced is current: its announcement is behind its writes.)
     fn owner_restarted(&self, r: &EnclaveRecord) -> bool {
-        self.boots.get(&r.owner).is_some_and(|b| *b != r.owner_boot)
+        self.is_stale(&r.owner, &r.owner_boot)
     }
 
     /// Applies one write. Deterministic: the same ops in the same order give the same
@@ -502,6 +513,7 @@ impl Ledger {
             owner: owner.clone(),
             owner_boot: boot,
             epoch: 0,
+            incarnation: 0,
             state: RecordState::Running,
             last_decision: None,
             last_digest: None,
@@ -635,6 +647,11 @@ impl Ledger {
         if !allowed {
             return self.refuse(id, LedgerRefusal::NotParty { by: by.clone() });
         }
+        if let Some((boot, _, _)) = commit
+            && self.is_stale(by, &boot)
+        {
+            return self.refuse(id, LedgerRefusal::StaleBoot { host: by.clone() });
+        }
         let to = to.clone();
         let r = self.records.get_mut(&id).expect("present");
         match commit {
@@ -708,11 +725,22 @@ impl Ledger {
     }
 
     fn host_booted(&mut self, host: &HostId, boot: Boot) -> LedgerOutcome {
-        if self.boots.get(host).is_some_and(|current| {
-            godwit_hw::BootEpoch::count_of(&boot) < godwit_hw::BootEpoch::count_of(current)
-        }) {
-            // An announcement from an earlier boot, applied late: the host has moved on.
-            return LedgerOutcome::Applied(None);
+        if let Some(current) = self.boots.get(host) {
+            let (count, recorded) = (
+                godwit_hw::BootEpoch::count_of(&boot),
+                godwit_hw::BootEpoch::count_of(current),
+            );
+            // An earlier boot, or another boot under the recorded count: either a late
+            // announcement of an SM that no longer exists, or a component whose boot count
+            // went back (a host that rolled back the emulated component's count). Neither
+            // is recorded, and the announcer learns so: it never counts its boot as
+            // recorded, and takes no part in migrations.
+            if count < recorded || (count == recorded && boot != *current) {
+                return LedgerOutcome::Refused {
+                    reason: LedgerRefusal::StaleBoot { host: host.clone() },
+                    record: None,
+                };
+            }
         }
         // A first announcement is not a restart: the boot that announces may be the one
         // that has been taking part in migrations all along.
@@ -814,6 +842,7 @@ impl Ledger {
         r.state = RecordState::Running;
         r.owner_boot = boot;
         r.epoch += 1;
+        r.incarnation += 1;
         LedgerOutcome::Applied(Some(r.clone()))
     }
 
@@ -857,12 +886,16 @@ mod tests {
     }
     /// E, registered by a's SM.
     fn register_e(l: &mut Ledger) {
+        register_e_at(l, BOOT_A);
+    }
+    /// E, registered by a's SM under `boot`.
+    fn register_e_at(l: &mut Ledger, boot: Boot) {
         let out = l.apply(&LedgerOp::Register {
             id: E,
             app: APP,
             app_name: "app".into(),
             owner: h("a"),
-            boot: BOOT_A,
+            boot,
             max_instances_cluster: None,
         });
         assert!(matches!(out, LedgerOutcome::Applied(Some(_))));
@@ -891,6 +924,7 @@ mod tests {
                 "s".to_string(),
                 SlotVersion {
                     version: counter,
+                    incarnation: 0,
                     len: 8,
                 },
             )]),
@@ -1023,12 +1057,71 @@ mod tests {
     }
 
     #[test]
-    fn a_late_announcement_of_an_earlier_boot_changes_nothing() {
+    fn a_late_announcement_of_an_earlier_boot_changes_nothing_and_is_refused() {
         let mut l = Ledger::new();
         let boot = counted;
         announce(&mut l, "a", boot(2, 1));
-        announce(&mut l, "a", boot(1, 9)); // boot 1's announcement, delayed
+        let stale = LedgerOutcome::Refused {
+            reason: LedgerRefusal::StaleBoot { host: h("a") },
+            record: None,
+        };
+        // Boot 1's announcement, delayed, or a component whose count went back.
+        assert_eq!(announce(&mut l, "a", boot(1, 9)), stale);
+        // Another boot under the recorded count: a count rolled back and advanced again.
+        assert_eq!(announce(&mut l, "a", boot(2, 7)), stale);
         assert_eq!(l.boot_of(&h("a")), Some(&boot(2, 1)));
+        // The recorded boot repeating its announcement is answered as applied.
+        assert_eq!(
+            announce(&mut l, "a", boot(2, 1)),
+            LedgerOutcome::Applied(None)
+        );
+    }
+
+    #[test]
+    fn an_owner_whose_boot_is_announced_after_its_registration_may_write() {
+        let mut l = Ledger::new();
+        announce(&mut l, "a", counted(1, 1));
+        // Boot 2 registers E before its own announcement is applied.
+        register_e_at(&mut l, counted(2, 1));
+        let update = |l: &mut Ledger| {
+            l.apply(&LedgerOp::Update {
+                id: E,
+                epoch: 0,
+                by: h("a"),
+                durable: durable(1),
+            })
+        };
+        assert!(matches!(update(&mut l), LedgerOutcome::Applied(_)));
+        announce(&mut l, "a", counted(2, 1));
+        assert!(matches!(update(&mut l), LedgerOutcome::Applied(_)));
+        assert_eq!(state(&l).2, RecordState::Running);
+    }
+
+    #[test]
+    fn a_commit_from_a_stale_boot_is_refused() {
+        let mut l = Ledger::new();
+        announce(&mut l, "a", counted(1, 1));
+        announce(&mut l, "b", counted(3, 1));
+        register_e_at(&mut l, counted(1, 1));
+        begin(&mut l, 0, M1);
+        // b's component came back with a count below the recorded one.
+        let out = l.apply(&LedgerOp::Commit {
+            id: E,
+            epoch: 0,
+            migration: M1,
+            by: h("b"),
+            boot: counted(2, 5),
+            digest: [9; 32],
+            durable: durable(5),
+        });
+        assert!(matches!(
+            out,
+            LedgerOutcome::Refused {
+                reason: LedgerRefusal::StaleBoot { .. },
+                ..
+            }
+        ));
+        assert!(matches!(state(&l).2, RecordState::Migrating { .. }));
     }
 
     #[test]

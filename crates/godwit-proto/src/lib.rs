@@ -33,9 +33,18 @@ pub use recv::{Incoming, Received, RecvEffect, RecvOutcome};
 pub use send::{Outgoing, SendEffect, SendOutcome, SendPlan};
 pub use timing::{Deadline, DeadlineTerms, TimeoutConfig};
 
-/// One sealed slot in transit: (slot, version at the source, plaintext). The plaintext
-/// exists only inside SMs and is wiped on drop.
-pub type SealedSlot = (String, u64, zeroize::Zeroizing<Vec<u8>>);
+/// One sealed slot in transit. The plaintext exists only inside SMs and is wiped on drop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedSlot {
+    /// The slot's name.
+    pub slot: String,
+    /// Its version at the source.
+    pub version: u64,
+    /// The incarnation that sealed that version.
+    pub incarnation: u64,
+    /// Its plaintext.
+    pub data: zeroize::Zeroizing<Vec<u8>>,
+}
 
 /// Page granularity of memory transfer.
 pub const PAGE_BYTES: usize = 4096;

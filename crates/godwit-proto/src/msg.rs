@@ -41,6 +41,8 @@ pub struct Prepare {
     pub counters: u32,
     /// The ledger epoch it is held at.
     pub epoch: u64,
+    /// Its incarnation in the ledger (the receiver seals under it).
+    pub incarnation: u64,
 }
 
 impl Prepare {
@@ -122,6 +124,8 @@ pub enum Message<'a> {
         slot: String,
         /// Its version at the source.
         version: u64,
+        /// The incarnation that sealed that version.
+        incarnation: u64,
         /// Its content.
         #[serde(borrow, with = "serde_bytes")]
         data: &'a [u8],
@@ -217,6 +221,9 @@ pub enum RefuseReason {
     /// it takes part in migrations only after that (so that the announcement of a later
     /// restart can settle every migration this boot took part in).
     Starting,
+    /// The ledger refused the receiver's boot: its boot count is not above the recorded
+    /// one (the host rolled the component's boot count back). It takes part in nothing.
+    StaleBoot,
 }
 
 impl RefuseReason {
@@ -229,6 +236,7 @@ impl RefuseReason {
             Self::AlreadyPresent => "already_present",
             Self::Invalid(_) => "invalid_prepare",
             Self::Starting => "receiver_starting",
+            Self::StaleBoot => "receiver_stale_boot",
         }
     }
 }
@@ -251,6 +259,9 @@ impl fmt::Display for RefuseReason {
             Self::Invalid(why) => write!(f, "invalid PREPARE: {why}"),
             Self::Starting => f.write_str(
                 "the receiver has just started and its boot is not recorded yet; try again shortly",
+            ),
+            Self::StaleBoot => f.write_str(
+                "the store refused the receiver's boot: its component's boot count went back (a rolled-back boot count)",
             ),
         }
     }

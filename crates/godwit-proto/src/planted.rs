@@ -6,6 +6,19 @@ use std::cell::Cell;
 
 thread_local! {
     static RESUME_BEFORE_ABORT: Cell<bool> = const { Cell::new(false) };
+    static ANY_INCARNATION: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Makes SMs on this thread open a sealed blob of the right version whatever incarnation
+/// sealed it: a version sealed by a lost incarnation and never recorded passes for the
+/// one a later incarnation sealed under the same number.
+pub fn set_any_incarnation(on: bool) {
+    ANY_INCARNATION.with(|c| c.set(on));
+}
+
+/// Whether [`set_any_incarnation`] is on for this thread.
+pub fn any_incarnation() -> bool {
+    ANY_INCARNATION.with(Cell::get)
 }
 
 /// Makes senders on this thread resume a paused enclave as soon as they give a migration

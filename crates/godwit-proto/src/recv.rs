@@ -362,6 +362,7 @@ impl Incoming {
             Message::Sealed {
                 slot,
                 version,
+                incarnation,
                 data,
                 ..
             } => {
@@ -370,11 +371,15 @@ impl Incoming {
                 {
                     return bad("more sealed data than announced".into());
                 }
-                if p.sealed.iter().any(|(s, _, _)| s == slot) {
+                if p.sealed.iter().any(|s| s.slot == *slot) {
                     return bad(format!("sealed slot {slot:?} sent twice"));
                 }
-                p.sealed
-                    .push((slot.clone(), *version, Zeroizing::new(data.to_vec())));
+                p.sealed.push(SealedSlot {
+                    slot: slot.clone(),
+                    version: *version,
+                    incarnation: *incarnation,
+                    data: Zeroizing::new(data.to_vec()),
+                });
                 self.received_bytes += data.len() as u64;
                 Ok(false)
             }

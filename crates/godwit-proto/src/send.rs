@@ -36,7 +36,7 @@ use crate::{MigrationId, PAGE_BYTES, SealedSlot, StepTimes, StoreReply, transfer
 pub struct SendPlan {
     /// The module, as measured.
     pub module: Arc<[u8]>,
-    /// Sealed slots, unsealed: (slot, version, plaintext). Wiped on drop.
+    /// Sealed slots, unsealed. Wiped on drop.
     pub sealed: Vec<SealedSlot>,
     /// Mutable globals.
     pub globals: Vec<GlobalValue>,
@@ -594,16 +594,17 @@ impl Outgoing {
                 }
             },
             Cursor::Sealed(i) if *i < plan.sealed.len() => {
-                let (slot, version, data) = &plan.sealed[*i];
+                let sealed = &plan.sealed[*i];
                 *i += 1;
                 (
                     Message::Sealed {
                         migration,
-                        slot: slot.clone(),
-                        version: *version,
-                        data,
+                        slot: sealed.slot.clone(),
+                        version: sealed.version,
+                        incarnation: sealed.incarnation,
+                        data: &sealed.data,
                     },
-                    data.len(),
+                    sealed.data.len(),
                 )
             }
             Cursor::Sealed(_) => {

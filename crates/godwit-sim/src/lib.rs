@@ -98,14 +98,36 @@ pub struct Summary {
     pub adopted: u64,
     /// Frames and store writes scanned for plaintext secrets.
     pub scanned: u64,
+    /// Older blobs the lying host handed back in place of newer ones.
+    pub replays: u64,
+    /// Boots under a boot count the component had used before.
+    pub rollbacks: u64,
+}
+
+impl Summary {
+    /// Adds another run's counts (hosts excepted) to these.
+    pub fn add(&mut self, other: &Summary) {
+        self.steps += other.steps;
+        self.enclaves += other.enclaves;
+        self.limit_refusals += other.limit_refusals;
+        self.migrations.0 += other.migrations.0;
+        self.migrations.1 += other.migrations.1;
+        self.migrations.2 += other.migrations.2;
+        self.crashes += other.crashes;
+        self.ticks += other.ticks;
+        self.adopted += other.adopted;
+        self.scanned += other.scanned;
+        self.replays += other.replays;
+        self.rollbacks += other.rollbacks;
+    }
 }
 
 impl fmt::Display for Summary {
+    /// Everything but the number of hosts.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} hosts, {} steps, {} enclaves ({} deploys refused at a limit), migrations {} started / {} committed / {} aborted, {} crashes, {} ticks, {} adopted, {} messages scanned",
-            self.hosts,
+            "{} steps, {} enclaves ({} deploys refused at a limit), migrations {} started / {} committed / {} aborted, {} crashes, {} boots under a rolled-back count, {} older blobs handed back, {} ticks, {} adopted, {} messages scanned",
             self.steps,
             self.enclaves,
             self.limit_refusals,
@@ -113,6 +135,8 @@ impl fmt::Display for Summary {
             self.migrations.1,
             self.migrations.2,
             self.crashes,
+            self.rollbacks,
+            self.replays,
             self.ticks,
             self.adopted,
             self.scanned

@@ -60,18 +60,9 @@ fn main() -> ExitCode {
         match run(seed, &options) {
             Ok(summary) => {
                 if args.seed.is_some() {
-                    println!("seed {seed}: ok: {summary}");
+                    println!("seed {seed}: ok: {} hosts, {summary}", summary.hosts);
                 }
-                total.steps += summary.steps;
-                total.enclaves += summary.enclaves;
-                total.limit_refusals += summary.limit_refusals;
-                total.migrations.0 += summary.migrations.0;
-                total.migrations.1 += summary.migrations.1;
-                total.migrations.2 += summary.migrations.2;
-                total.crashes += summary.crashes;
-                total.ticks += summary.ticks;
-                total.adopted += summary.adopted;
-                total.scanned += summary.scanned;
+                total.add(&summary);
             }
             Err(v) => {
                 eprintln!("{v}");
@@ -83,20 +74,7 @@ fn main() -> ExitCode {
         }
     }
     if args.seed.is_none() {
-        println!(
-            "{} seeds ok; in total: {} steps, {} enclaves ({} deploys refused at a limit), migrations {} started / {} committed / {} aborted, {} crashes, {} ticks, {} adopted, {} messages scanned",
-            seeds.len(),
-            total.steps,
-            total.enclaves,
-            total.limit_refusals,
-            total.migrations.0,
-            total.migrations.1,
-            total.migrations.2,
-            total.crashes,
-            total.ticks,
-            total.adopted,
-            total.scanned
-        );
+        println!("{} seeds ok; in total: {total}", seeds.len());
     }
     ExitCode::SUCCESS
 }

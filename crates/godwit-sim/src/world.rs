@@ -27,25 +27,100 @@ const TRACE_LINES: usize = 40;
 pub enum Plant {
     /// The sender resumes a paused enclave before the store has recorded ABORT.
     ResumeBeforeAbort,
+    /// An SM opens a sealed blob of the right version whatever incarnation sealed it (a
+    /// blob version reused after adoption).
+    AnyIncarnation,
+}
+
+impl Plant {
+    const ALL: [Self; 2] = [Self::ResumeBeforeAbort, Self::AnyIncarnation];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::ResumeBeforeAbort => "resume-before-abort",
+            Self::AnyIncarnation => "any-incarnation",
+        }
+    }
+
+    /// Switches the bug on or off for this thread.
+    fn set(self, on: bool) {
+        match self {
+            Self::ResumeBeforeAbort => godwit_proto::planted::set_resume_before_abort(on),
+            Self::AnyIncarnation => godwit_proto::planted::set_any_incarnation(on),
+        }
+    }
 }
 
 impl fmt::Display for Plant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::ResumeBeforeAbort => "resume-before-abort",
-        })
+        f.write_str(self.name())
     }
 }
 
 impl std::str::FromStr for Plant {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "resume-before-abort" => Ok(Self::ResumeBeforeAbort),
-            other => Err(format!(
-                "unknown planted bug {other:?} (known: resume-before-abort)"
-            )),
+        Self::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| {
+                let known: Vec<&str> = Self::ALL.iter().map(|p| p.name()).collect();
+                format!("unknown planted bug {s:?} (known: {})", known.join(", "))
+            })
+    }
+}
+
+/// A host's disk of sealed blobs, which also keeps every blob it was ever given (the
+/// last [`ARCHIVE_BLOBS_MAX`]), so that the lying host can hand old ones back.
+#[derive(Default)]
+pub(crate) struct Disk {
+    blobs: MemoryBlobStore,
+    archive: std::sync::Mutex<VecDeque<(EnclaveId, String, Vec<u8>)>>,
+}
+
+/// Blobs a host's disk remembers for replay.
+const ARCHIVE_BLOBS_MAX: usize = 512;
+
+impl Disk {
+    pub(crate) fn keys(&self) -> Vec<(EnclaveId, String)> {
+        self.blobs.keys()
+    }
+
+    fn archived(&self) -> Vec<(EnclaveId, String, Vec<u8>)> {
+        self.archive
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+}
+
+impl godwit_monitor::BlobStore for Disk {
+    fn put(
+        &self,
+        enclave: EnclaveId,
+        slot: &str,
+        blob: &[u8],
+    ) -> Result<(), godwit_monitor::HostError> {
+        let mut archive = self.archive.lock().unwrap_or_else(|p| p.into_inner());
+        if archive.len() == ARCHIVE_BLOBS_MAX {
+            archive.pop_front();
         }
+        archive.push_back((enclave, slot.to_owned(), blob.to_vec()));
+        self.blobs.put(enclave, slot, blob)
+    }
+
+    fn get(
+        &self,
+        enclave: EnclaveId,
+        slot: &str,
+    ) -> Result<Option<Vec<u8>>, godwit_monitor::HostError> {
+        self.blobs.get(enclave, slot)
+    }
+
+    fn delete(&self, enclave: EnclaveId, slot: &str) -> Result<(), godwit_monitor::HostError> {
+        self.blobs.delete(enclave, slot)
     }
 }
 
@@ -74,12 +149,15 @@ impl App {
 pub(crate) struct Host {
     pub(crate) id: HostId,
     identity: DeviceIdentity,
-    pub(crate) disk: Arc<MemoryBlobStore>,
+    pub(crate) disk: Arc<Disk>,
     /// `None` while the host is down.
     pub(crate) sm: Option<Monitor>,
     clock: Option<SimClock>,
     /// Boots so far; frames, replies and dials carry the boot they belong to.
     pub(crate) boot: u64,
+    /// The highest boot count the component was given; a lying host may start it again
+    /// with a lower one.
+    count: u64,
     /// This boot's trusted-timer rate against virtual time (drift).
     rate: f64,
     /// Nanoseconds of trusted time owed to the clock (rates are fractional).
@@ -133,6 +211,8 @@ enum Ev {
 pub(crate) enum CallKind {
     Init,
     Tick,
+    /// A tick that fails after it counted and sealed; its failure names the count.
+    TickFail,
     Check,
 }
 
@@ -141,8 +221,10 @@ pub(crate) struct Tracked {
     pub(crate) canary: [u8; 32],
     /// Init's result was released: the counter exists and the canary is in memory.
     pub(crate) initialized: bool,
-    /// The largest tick result released to a client.
+    /// The largest count released to a client (by a tick, or a failed tick's status).
     pub(crate) max_released: u64,
+    /// The life mark released with each tick: the sealed state of that count.
+    pub(crate) lives: BTreeMap<u64, [u8; 8]>,
 }
 
 /// Fault rates for this seed.
@@ -156,6 +238,8 @@ struct Faults {
     reply_lost: f64,
     crash: f64,
     partition: f64,
+    /// A host restarts its component with a boot count it used before.
+    rollback: f64,
 }
 
 pub(crate) struct World {
@@ -199,12 +283,14 @@ fn conn_of(e: &End) -> ConnId {
 
 impl World {
     pub(crate) fn run(seed: u64, options: &Options) -> Result<Summary, Box<Violation>> {
-        if let Some(Plant::ResumeBeforeAbort) = options.plant {
-            godwit_proto::planted::set_resume_before_abort(true);
+        if let Some(plant) = options.plant {
+            plant.set(true);
         }
         let mut world = Self::new(seed, options.clone());
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| world.main()));
-        godwit_proto::planted::set_resume_before_abort(false);
+        for plant in Plant::ALL {
+            plant.set(false);
+        }
         let what = match result {
             Ok(Ok(())) => return Ok(world.summary.clone()),
             Ok(Err(what)) => what,
@@ -253,6 +339,7 @@ impl World {
             reply_lost: storm * 0.05,
             crash: storm * 0.03,
             partition: storm * 0.03,
+            rollback: storm * 0.3,
         };
         let app = App::load();
         let mut w = Self {
@@ -300,11 +387,12 @@ impl World {
                 sm: None,
                 clock: None,
                 boot: 0,
+                count: 0,
                 rate: 1.0,
                 owed: 0.0,
                 lateness: 0,
             });
-            w.boot_host(i);
+            w.boot_host(i, false);
             // The host's sealing key for the app must never leave its SM.
             if let Some(sm) = &w.hosts[i].sm {
                 let key = sm.hardware().sealing_key(&w.app.measurement);
@@ -321,8 +409,11 @@ impl World {
         let end = chaos_end + self.options.heal_ms * MS;
         while self.now < end {
             self.drain_actions()?;
-            if !self.chaos && self.quiescent() {
-                break;
+            if !self.chaos {
+                self.restart_refused_boots();
+                if self.quiescent() {
+                    break;
+                }
             }
             self.next_step(end)?;
             self.step += 1;
@@ -367,14 +458,22 @@ impl World {
 
     // ---- hosts -------------------------------------------------------------------------
 
-    fn boot_host(&mut self, i: usize) {
+    /// Boots host `i`'s component and SM; with `rollback`, the lying host hands the
+    /// component a boot count it used before.
+    fn boot_host(&mut self, i: usize, rollback: bool) {
         let boot = self.hosts[i].boot + 1;
+        let count = if rollback {
+            self.rng.random_range(1..=self.hosts[i].count.max(1))
+        } else {
+            self.hosts[i].count + 1
+        };
+        self.hosts[i].count = self.hosts[i].count.max(count);
         let hw_seed = self.seed ^ ((i as u64) << 48) ^ (boot << 32) ^ 0x9e37_79b9;
         let (hw, clock) = SimHardware::booted(
             self.hosts[i].identity.clone(),
             sm_measurement(),
             hw_seed,
-            boot,
+            count,
         );
         let config = MonitorConfig {
             policy: self.policy.clone(),
@@ -394,7 +493,21 @@ impl World {
         h.owed = 0.0;
         h.lateness = lateness;
         let id = h.id.clone();
-        self.note(format!("{id} boots (boot {boot}, clock rate {rate:.4})"));
+        self.summary.rollbacks += u64::from(rollback);
+        let lie = if rollback { ", rolled back" } else { "" };
+        self.note(format!(
+            "{id} boots (boot {boot}, component count {count}{lie}, clock rate {rate:.4})"
+        ));
+    }
+
+    /// After the chaos, the host stops lying: a component whose boot the store refused
+    /// (its count went back) is restarted with a true count.
+    fn restart_refused_boots(&mut self) {
+        for i in 0..self.hosts.len() {
+            if self.hosts[i].sm.as_ref().is_some_and(Monitor::boot_refused) {
+                self.crash(i);
+            }
+        }
     }
 
     fn crash(&mut self, i: usize) {
@@ -580,7 +693,8 @@ impl World {
             }
             Ev::HostUp { host } => {
                 if self.hosts[host].sm.is_none() {
-                    self.boot_host(host);
+                    let rollback = self.chance(self.faults.rollback);
+                    self.boot_host(host, rollback);
                 }
             }
             Ev::Operator => {
@@ -771,8 +885,12 @@ impl World {
                             "call {call:?} on {host} completed for {enclave}, made for {id}"
                         ));
                     }
-                    if let Ok(bytes) = result {
-                        self.released(i, enclave, kind, &bytes)?;
+                    match result {
+                        Ok(bytes) => self.released(i, enclave, kind, &bytes)?,
+                        Err(godwit_monitor::CallError::Enclave(e)) => {
+                            self.failed(i, enclave, kind, &e)?;
+                        }
+                        Err(_) => {}
                     }
                 }
             }
@@ -810,6 +928,7 @@ impl World {
         let f = match kind {
             CallKind::Init => "init",
             CallKind::Tick => "tick",
+            CallKind::TickFail => "tick_fail",
             CallKind::Check => "check",
         };
         let Some(sm) = self.hosts[i].sm.as_mut() else {
@@ -821,8 +940,40 @@ impl World {
                 self.calls.insert((i, self.hosts[i].boot, call), (id, kind));
                 Ok(())
             }
+            Err(MonitorError::Enclave(e)) => self.failed(i, id, kind, &e),
             Err(_) => Ok(()),
         }
+    }
+
+    /// A call's failure reached the client. A failed tick's status names the count it
+    /// reached: a released value like any result.
+    fn failed(
+        &mut self,
+        i: usize,
+        id: EnclaveId,
+        kind: CallKind,
+        e: &godwit_enclave::EnclaveError,
+    ) -> Result<(), String> {
+        let godwit_enclave::EnclaveError::Failed { code } = e else {
+            return Ok(());
+        };
+        if kind != CallKind::TickFail || *code > -1000 {
+            return Ok(());
+        }
+        let n = u64::try_from(-1000 - *code).map_err(|_| format!("tick_fail status {code}"))?;
+        let host = self.hosts[i].id.clone();
+        let Some(t) = self.enclaves.get_mut(&id) else {
+            return Ok(());
+        };
+        if n <= t.max_released {
+            return Err(format!(
+                "{id} on {host} released a failed tick at {n} after {}: a counter went back or two copies ran",
+                t.max_released
+            ));
+        }
+        t.max_released = n;
+        self.summary.ticks += 1;
+        Ok(())
     }
 
     /// The host where the SM says `id` runs.
@@ -863,7 +1014,12 @@ impl World {
                     && let Some(i) = self.running_at(id)
                     && self.enclaves.get(&id).is_some_and(|t| t.initialized)
                 {
-                    self.call(i, id, CallKind::Tick, b"")?;
+                    let kind = if roll < 35 {
+                        CallKind::Tick
+                    } else {
+                        CallKind::TickFail
+                    };
+                    self.call(i, id, kind, b"")?;
                 }
             }
             40..=49 => {
@@ -900,8 +1056,9 @@ impl World {
                     self.note(format!("operator cancels {m} on {}", self.hosts[i].id));
                 }
             }
-            84..=87 => self.adopt_lost()?,
-            88..=91 => {
+            84..=85 => self.adopt_lost()?,
+            86..=89 => self.replay_blob()?,
+            90..=91 => {
                 // A host calls its SM's timer for no reason: trusted time decides, not it.
                 if let Some(i) = self.pick(&up) {
                     if let Some(sm) = self.hosts[i].sm.as_mut() {
@@ -945,12 +1102,14 @@ impl World {
                         canary,
                         initialized: false,
                         max_released: 0,
+                        lives: BTreeMap::new(),
                     },
                 );
                 let host = self.hosts[i].id.clone();
                 self.note(format!("operator deploys {id} on {host}"));
             }
             Err(MonitorError::InstanceLimit { .. }) => self.summary.limit_refusals += 1,
+            Err(MonitorError::StaleBoot) => {}
             Err(e) => return Err(format!("deploy on a live host failed: {e}")),
         }
         Ok(())
@@ -1019,6 +1178,44 @@ impl World {
         Ok(())
     }
 
+    /// The lying host puts back an older blob it kept, in place of the one now on its disk
+    /// under the same name (a never-recorded blob of a lost incarnation among them).
+    /// The operator then asks the enclave to check its sealed state.
+    fn replay_blob(&mut self) -> Result<(), String> {
+        use godwit_monitor::BlobStore;
+        let Some(i) = self.pick(&(0..self.hosts.len()).collect::<Vec<_>>()) else {
+            return Ok(());
+        };
+        let disk = Arc::clone(&self.hosts[i].disk);
+        let current: BTreeSet<(EnclaveId, String)> = disk.keys().into_iter().collect();
+        let older: Vec<(EnclaveId, String, Vec<u8>)> = disk
+            .archived()
+            .into_iter()
+            .filter(|(e, name, blob)| {
+                current.contains(&(*e, name.clone()))
+                    && disk.get(*e, name).ok().flatten().as_ref() != Some(blob)
+            })
+            .collect();
+        if older.is_empty() {
+            return Ok(());
+        }
+        let (enclave, name, blob) = older[self.rng.random_range(0..older.len())].clone();
+        if disk.put(enclave, &name, &blob).is_err() {
+            return Ok(());
+        }
+        self.summary.replays += 1;
+        let host = self.hosts[i].id.clone();
+        self.note(format!(
+            "{host}'s disk hands back an older {enclave}/{name}"
+        ));
+        if self.running_at(enclave) == Some(i)
+            && self.enclaves.get(&enclave).is_some_and(|t| t.initialized)
+        {
+            self.call(i, enclave, CallKind::Check, b"")?;
+        }
+        Ok(())
+    }
+
     fn partition(&mut self) {
         let n = self.hosts.len();
         let a = self.rng.random_range(0..n);
@@ -1059,12 +1256,13 @@ impl World {
         };
         match kind {
             CallKind::Init => t.initialized = true,
-            CallKind::Tick => {
-                let n = u64::from_le_bytes(
-                    bytes
-                        .try_into()
-                        .map_err(|_| format!("tick of {id} returned {} bytes", bytes.len()))?,
-                );
+            CallKind::Tick | CallKind::TickFail => {
+                let (n, life) = bytes
+                    .split_first_chunk::<8>()
+                    .and_then(|(n, life)| {
+                        Some((u64::from_le_bytes(*n), <[u8; 8]>::try_from(life).ok()?))
+                    })
+                    .ok_or_else(|| format!("tick of {id} returned {} bytes", bytes.len()))?;
                 if n <= t.max_released {
                     return Err(format!(
                         "{id} on {host} released tick {n} after {}: a counter went back or two copies ran",
@@ -1072,6 +1270,7 @@ impl World {
                     ));
                 }
                 t.max_released = n;
+                t.lives.insert(n, life);
                 self.summary.ticks += 1;
             }
             CallKind::Check => {
@@ -1089,7 +1288,7 @@ impl World {
                 }
                 match sealed.len() {
                     0 if t.max_released == 0 => {}
-                    40 => {
+                    48 => {
                         let v = u64::from_le_bytes(sealed[..8].try_into().expect("8 bytes"));
                         if v < t.max_released || v > counter + 1 {
                             return Err(format!(
@@ -1097,8 +1296,17 @@ impl World {
                                 t.max_released
                             ));
                         }
-                        if sealed[8..] != t.canary {
+                        if sealed[8..40] != t.canary {
                             return Err(format!("{id} on {host}: the sealed canary changed"));
+                        }
+                        // The sealed state of a released count is the one released with it,
+                        // not another life's seal of the same count.
+                        if let Some(life) = t.lives.get(&v)
+                            && sealed[40..] != life[..]
+                        {
+                            return Err(format!(
+                                "{id} on {host}: the sealed state of count {v} is not the one released (a blob of another life came back)"
+                            ));
                         }
                     }
                     n => {

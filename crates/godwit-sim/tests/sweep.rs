@@ -44,3 +44,26 @@ fn the_planted_bug_resuming_before_abort_is_caught() {
     // Without the bug, the same seed passes.
     assert!(run(v.seed, &Options::default()).is_ok());
 }
+
+#[test]
+fn the_planted_bug_reusing_a_blob_version_after_adoption_is_caught() {
+    let options = Options {
+        plant: Some(Plant::AnyIncarnation),
+        ..Options::default()
+    };
+    let caught = (0..40).find_map(|seed| run(seed, &options).err());
+    let v = caught.expect(
+        "the simulator catches an SM that opens a lost incarnation's blob of a reused version",
+    );
+    assert!(
+        v.what.contains("not the one released"),
+        "a sealed state that was never released: {}",
+        v.what
+    );
+    assert!(
+        v.command.ends_with("--plant any-incarnation"),
+        "{}",
+        v.command
+    );
+    assert!(run(v.seed, &Options::default()).is_ok());
+}

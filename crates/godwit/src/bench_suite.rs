@@ -401,6 +401,7 @@ impl Hosts {
                 enclave: enclave.into(),
                 function: f.into(),
                 arg: arg.into(),
+                wait_ms: None,
             },
         )?;
         Ok(v["result"].as_str().unwrap_or_default().to_owned())
@@ -514,6 +515,84 @@ fn small_enclave(
     Ok(out)
 }
 
+/// One enclave's calls and migrations with its neighbour idle, then with the neighbour
+/// (on the same host) in a long call: p50 of the call latency through the control API,
+/// and of a small migration's total time.
+fn busy_neighbour(hosts: &Hosts, rt: &tokio::runtime::Runtime) -> Result<Value> {
+    const CALLS: usize = 200;
+    const MIGRATIONS: usize = 10;
+    let quiet = hosts.deploy(rt, 0, COUNTER)?;
+    let measure = || -> Result<(f64, f64)> {
+        let mut calls = Vec::with_capacity(CALLS);
+        for _ in 0..CALLS {
+            let t = now();
+            hosts.call(rt, 0, &quiet, "get", "")?;
+            calls.push(t.elapsed());
+        }
+        let mut moves = Vec::with_capacity(MIGRATIONS);
+        for _ in 0..MIGRATIONS {
+            // From the busy host and back: both directions count.
+            for (from, to) in [(0, 1), (1, 0)] {
+                let r = hosts.migrate(rt, from, &quiet, to)?;
+                moves.push(Duration::from_secs_f64(
+                    r["total_ms"].as_f64().unwrap_or(f64::NAN) / 1000.0,
+                ));
+            }
+        }
+        Ok((
+            percentile_ms(&mut calls, 50.0),
+            percentile_ms(&mut moves, 50.0),
+        ))
+    };
+    let idle = measure()?;
+    let busy = hosts.deploy(rt, 0, BALLAST)?;
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let loaded = std::thread::scope(|scope| {
+        let spinner = scope.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if hosts.call(rt, 0, &busy, "spin", "4095").is_err() {
+                    return;
+                }
+            }
+        });
+        let started = now();
+        let under_way = loop {
+            let local = hosts.ask(rt, 0, Command::Status)?["local"].clone();
+            let busy_now = local
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|e| e["id"] == busy.as_str() && e["busy"] == true);
+            if busy_now || started.elapsed() > Duration::from_secs(30) {
+                break busy_now;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        if !under_way {
+            bail!("the long call did not start within 30 s");
+        }
+        let loaded = measure();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        // Ends the spin under way: the enclave is wiped when its call returns.
+        hosts.ask(
+            rt,
+            0,
+            Command::Destroy {
+                enclave: busy.clone(),
+            },
+        )?;
+        let _ = spinner.join();
+        loaded
+    })?;
+    hosts.ask(rt, 0, Command::Destroy { enclave: quiet })?;
+    Ok(json!({
+        "calls": CALLS,
+        "migrations": 2 * MIGRATIONS,
+        "call_ms_p50": { "idle": idle.0, "busy": loaded.0, "ratio": loaded.0 / idle.0 },
+        "migration_ms_p50": { "idle": idle.1, "busy": loaded.1, "ratio": loaded.1 / idle.1 },
+    }))
+}
+
 /// The SM's ecall path on the emulated hardware (state check, wasmtime call, fuel).
 fn ecall_us_p50() -> Result<f64> {
     let m = godwit_hw::Manufacturer::generate();
@@ -570,6 +649,8 @@ pub fn run(args: SuiteArgs) -> Result<ExitCode> {
     let migrations = migrations(&hosts, &rt, &args.sizes_mib, &limits)?;
     say("migrating a small enclave over warm channels...");
     let mut small = small_enclave(&hosts, &rt, args.small_runs.max(1))?;
+    say("calling and migrating an enclave beside one in a long call...");
+    let neighbour = busy_neighbour(&hosts, &rt)?;
     drop(hosts);
     say("measuring store commits and ecalls...");
     let (commit_p50, commit_p99) = rt.block_on(async {
@@ -588,7 +669,7 @@ pub fn run(args: SuiteArgs) -> Result<ExitCode> {
     } else {
         None
     };
-    let report = assemble(
+    let mut report = assemble(
         &limits,
         migrations,
         &mut small,
@@ -596,6 +677,7 @@ pub fn run(args: SuiteArgs) -> Result<ExitCode> {
         ecall,
         qemu,
     );
+    report["busy_neighbour"] = neighbour;
     if let Some(path) = &args.plot {
         plot(path, &report).with_context(|| format!("drawing {}", path.display()))?;
         say(&format!("plot written to {}", path.display()));
@@ -800,6 +882,18 @@ fn print_report(r: &Value) {
         f(&r["ecall_us_p50"]),
         f(&r["ecall_ratio_to_limit"])
     );
+    let n = &r["busy_neighbour"];
+    if n.is_object() {
+        println!(
+            "beside an enclave in a long call (same host): call p50 {:.3} ms (idle {:.3}, ratio {:.2}); small migration p50 {:.2} ms (idle {:.2}, ratio {:.2})",
+            f(&n["call_ms_p50"]["busy"]),
+            f(&n["call_ms_p50"]["idle"]),
+            f(&n["call_ms_p50"]["ratio"]),
+            f(&n["migration_ms_p50"]["busy"]),
+            f(&n["migration_ms_p50"]["idle"]),
+            f(&n["migration_ms_p50"]["ratio"]),
+        );
+    }
     match &r["qemu"] {
         Value::Null => println!("QEMU comparison: not run (pass --vs-qemu)"),
         q if q["error"].is_string() => println!(

@@ -64,13 +64,20 @@ pub fn deploy(
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn call(config: &Path, enclave: String, function: String, arg: String) -> Result<ExitCode> {
+pub fn call(
+    config: &Path,
+    enclave: String,
+    function: String,
+    arg: String,
+    wait_ms: u64,
+) -> Result<ExitCode> {
     let v = send(
         config,
         Command::Call {
             enclave,
             function,
             arg,
+            wait_ms: Some(wait_ms),
         },
         |_, _| {},
     )?;

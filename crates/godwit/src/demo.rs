@@ -86,6 +86,7 @@ impl Cluster {
                     enclave: enclave.to_owned(),
                     function: function.to_owned(),
                     arg: arg.to_owned(),
+                    wait_ms: None,
                 },
                 |_, _| {},
             )

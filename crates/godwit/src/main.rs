@@ -63,6 +63,10 @@ enum Command {
         /// The argument.
         #[arg(long, default_value = "")]
         arg: String,
+        /// How long to wait for a result the SM withholds until the store records the
+        /// enclave's state, in milliseconds.
+        #[arg(long, default_value_t = 30_000)]
+        wait_ms: u64,
     },
     /// Migrate an enclave to another host; exit 0 on COMMIT.
     Migrate {
@@ -183,7 +187,8 @@ fn main() -> ExitCode {
             enclave,
             function,
             arg,
-        } => client::call(&config.config, enclave, function, arg),
+            wait_ms,
+        } => client::call(&config.config, enclave, function, arg, wait_ms),
         Command::Migrate {
             config,
             enclave,

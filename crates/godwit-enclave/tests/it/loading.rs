@@ -220,3 +220,14 @@ fn measurement_covers_module_and_manifest() {
     assert_ne!(a, c);
     assert_eq!(a, load(&rt, COUNTER).measurement());
 }
+
+#[test]
+fn ballast_spins_without_touching_memory() {
+    let rt = runtime();
+    let mut e = start(&rt, BALLAST);
+    let before = e.memory().to_vec();
+    assert_eq!(call(&mut e, "spin", "64"), "64");
+    assert_eq!(e.memory()[4096..], before[4096..]);
+    assert!(e.call("spin", b"0").is_err());
+    assert!(e.call("spin", b"4096").is_err());
+}

@@ -2,9 +2,10 @@
 
 use std::time::Duration;
 
-use godwit_enclave::examples::{BALLAST, COUNTER, VAULT};
-use godwit_monitor::{CallOutcome, EnclaveState, Event};
-use godwit_proto::RecordState;
+use godwit_enclave::EnclaveError;
+use godwit_enclave::examples::{BALLAST, COUNTER, PIN, VAULT};
+use godwit_monitor::{CallError, CallOutcome, EnclaveState, Event, MonitorError};
+use godwit_proto::{AbortReason, LedgerOp, RecordState, RefuseReason};
 use godwit_wire::Manifest;
 
 use crate::world::{World, h};
@@ -104,7 +105,7 @@ fn an_older_blob_is_refused_after_adoption_too() {
 }
 
 #[test]
-fn a_seal_the_ledger_never_recorded_is_dropped_and_its_version_never_reused() {
+fn a_seal_the_ledger_never_recorded_is_dropped_and_never_opens_again() {
     use godwit_monitor::BlobStore;
     let mut w = World::new(&["a", "b"]);
     let id = w.deploy("a", COUNTER);
@@ -133,17 +134,20 @@ fn a_seal_the_ledger_never_recorded_is_dropped_and_its_version_never_reused() {
     w.settle();
     // Exactly the recorded version opens, consistent with the recorded counters.
     assert_eq!(w.call("a", id, "restore"), "1");
-    // The next seal skips every version the lost instance may have left unrecorded.
+    // The next seal takes the next version number under the new incarnation.
     w.call("a", id, "persist");
-    let next = godwit_monitor::UNRECORDED_SEALS_MAX + 2;
-    assert!(disk.get(id, &format!("count@{next}")).unwrap().is_some());
-    // The host offering the lost instance's unrecorded blob is refused: its version is
-    // not the newest.
-    disk.put(id, &format!("count@{next}"), &unrecorded).unwrap();
+    assert_ne!(disk.get(id, "count@2").unwrap().unwrap(), unrecorded);
+    // The host offering the lost incarnation's unrecorded blob of the same version is
+    // refused: it was sealed by another incarnation.
+    disk.put(id, "count@2", &unrecorded).unwrap();
     assert!(w.call_raw("a", id, "restore", b"").is_err());
     assert!(matches!(
         w.sm_ref("a").last_refusal(id).unwrap(),
-        Some(godwit_monitor::SealError::Rollback { presented: 2, .. })
+        Some(godwit_monitor::SealError::OtherIncarnation {
+            version: 2,
+            presented: 0,
+            expected: 1
+        })
     ));
 }
 
@@ -243,4 +247,147 @@ fn an_abort_after_the_sender_restarted_leaves_the_enclave_lost() {
     );
     assert!(w.copies(id).is_empty());
     w.check();
+}
+
+/// The outcome of withheld call `call`, once released.
+fn completed(w: &World, call: godwit_monitor::CallId) -> Option<Result<Vec<u8>, CallError>> {
+    w.events.iter().find_map(|(_, e)| match e {
+        Event::CallCompleted {
+            call: c, result, ..
+        } if *c == call => Some(result.clone()),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_call_that_changed_durable_state_and_failed_waits_for_the_ledger() {
+    let mut w = World::new(&["a"]);
+    let id = w.deploy("a", PIN);
+    w.call_raw("a", id, "set", b"1234").unwrap();
+    w.store_up = Box::new(|_, _| false);
+    // A wrong guess counts an attempt (a durable change), then fails: the failure is an
+    // answer, and it waits for the ledger like a result.
+    let CallOutcome::Pending(guess) = w.sm("a").call(id, "try", b"0000").unwrap() else {
+        panic!("a failed call that counted an attempt was answered before it was recorded")
+    };
+    w.run_until(Duration::from_secs(10), |_| false);
+    assert_eq!(completed(&w, guess), None);
+    w.store_up = Box::new(|_, _| true);
+    assert!(w.run_until(Duration::from_secs(30), |w| completed(w, guess).is_some()));
+    assert_eq!(
+        completed(&w, guess),
+        Some(Err(CallError::Enclave(EnclaveError::Failed { code: -100 })))
+    );
+    assert_eq!(w.ledger.get(&id).unwrap().durable.counters["attempts"], 1);
+    assert_eq!(w.call("a", id, "attempts"), "1");
+}
+
+#[test]
+fn an_enclave_the_ledger_no_longer_lets_run_here_is_wiped_and_releases_nothing() {
+    let mut w = World::new(&["a", "b"]);
+    let id = w.deploy("a", COUNTER);
+    w.call("a", id, "incr");
+    w.call("a", id, "persist");
+    // The store records a's enclaves lost (a removed, say) while a's SM still runs E.
+    w.ledger.apply(&LedgerOp::HostLeft { host: h("a") });
+    w.call("a", id, "incr");
+    let CallOutcome::Pending(persist) = w.sm("a").call(id, "persist", b"").unwrap() else {
+        panic!("a seal was answered before it was recorded")
+    };
+    let CallOutcome::Pending(read) = w.sm("a").call(id, "get", b"").unwrap() else {
+        panic!("a later result was released before an earlier unrecorded change")
+    };
+    w.settle();
+    // The ledger refused the update: both results are withdrawn, and the instance is
+    // wiped, so nothing of its unrecorded state is ever released.
+    for call in [persist, read] {
+        assert!(matches!(
+            completed(&w, call),
+            Some(Err(CallError::Withdrawn(_)))
+        ));
+    }
+    assert_eq!(
+        w.sm("a").call(id, "get", b""),
+        Err(MonitorError::UnknownEnclave(id))
+    );
+    assert!(w.copies(id).is_empty());
+}
+
+#[test]
+fn a_boot_under_a_rolled_back_count_takes_part_in_nothing() {
+    let mut w = World::new(&["a", "b"]);
+    let id = w.deploy("a", COUNTER);
+    // b restarts twice, then its host rolls the component's boot count back.
+    w.reboot("b");
+    w.settle();
+    w.reboot("b");
+    w.settle();
+    w.reboot_as("b", 1);
+    w.settle();
+    assert!(
+        w.events
+            .iter()
+            .all(|(host, e)| host.as_str() != "b" || !matches!(e, Event::Registered { .. })),
+    );
+    assert_eq!(
+        w.sm("b").create(&COUNTER.module(), COUNTER.manifest()),
+        Err(MonitorError::StaleBoot)
+    );
+    // A migration to b is refused with the reason; E stays at a.
+    w.sm("a").migrate(id, h("b")).unwrap();
+    let outcome = w.finish_migration("a");
+    assert_eq!(
+        outcome.unwrap_err(),
+        AbortReason::Refused(RefuseReason::StaleBoot)
+    );
+    assert_eq!(w.ledger.get(&id).unwrap().owner.as_str(), "a");
+    assert_eq!(w.call("a", id, "get"), "0");
+}
+
+#[test]
+fn an_ecall_runs_outside_the_sm_and_holds_only_its_own_enclave() {
+    let mut w = World::new(&["a", "b"]);
+    let busy = w.deploy("a", BALLAST);
+    let other = w.deploy("a", COUNTER);
+    let run = w.sm("a").begin_call(busy, "spin", b"1").unwrap();
+    // While the ecall is out: the same enclave is busy, others answer, and the SM goes
+    // on (a migration of the busy enclave waits to collect it).
+    assert_eq!(
+        w.sm("a").call(busy, "size", b"").map(|_| ()),
+        Err(MonitorError::Busy(busy))
+    );
+    assert_eq!(w.call("a", other, "incr"), "1");
+    w.sm("a").migrate(busy, h("b")).unwrap();
+    w.run_until(Duration::from_secs(1), |_| false);
+    assert_eq!(w.sm("a").info(busy).unwrap().state, EnclaveState::Migrating);
+    assert!(matches!(
+        w.ledger.get(&busy).unwrap().state,
+        RecordState::Running
+    ));
+    // Back from its call, it is collected and moves.
+    let done = run.run();
+    assert_eq!(
+        w.sm("a").end_call(done),
+        Ok(CallOutcome::Done(b"1".to_vec()))
+    );
+    w.finish_migration("a").unwrap();
+    assert_eq!(w.ledger.get(&busy).unwrap().owner.as_str(), "b");
+}
+
+#[test]
+fn an_enclave_destroyed_while_its_ecall_runs_is_wiped_when_it_returns() {
+    let mut w = World::new(&["a"]);
+    let id = w.deploy("a", COUNTER);
+    let run = w.sm("a").begin_call(id, "incr", b"").unwrap();
+    w.sm("a").destroy(id).unwrap();
+    w.settle();
+    assert_eq!(
+        w.sm("a").end_call(run.run()),
+        Err(MonitorError::Withdrawn(id))
+    );
+    assert_eq!(
+        w.sm("a").info(id).map(|_| ()),
+        Err(MonitorError::UnknownEnclave(id))
+    );
+    assert!(w.ledger.get(&id).is_none());
 }

@@ -141,8 +141,15 @@ impl World {
     /// Power-cycles a host: its SM and everything in its memory are gone; its disk (sealed
     /// blobs) stays; its connections drop.
     pub fn reboot(&mut self, host: &str) {
+        let boots = self.nodes[&h(host)].boots + 1;
+        self.reboot_as(host, boots);
+    }
+
+    /// As [`World::reboot`], with the component's boot count set to `boots` + 1: a host
+    /// that rolled the emulated count back gives a count it already used.
+    pub fn reboot_as(&mut self, host: &str, boots: u64) {
         let old = self.nodes.remove(&h(host)).unwrap();
-        let node = self.boot(old.identity, old.boots + 1, Some(old.blobs));
+        let node = self.boot(old.identity, boots, Some(old.blobs));
         self.nodes.insert(h(host), node);
         let dead: Vec<_> = self
             .links
@@ -197,9 +204,11 @@ impl World {
                     )
                     .unwrap();
                 match self.events.remove(idx).1 {
-                    Event::CallCompleted { result, .. } => {
-                        Ok(result.expect("the store recorded the state"))
-                    }
+                    Event::CallCompleted { result, .. } => match result {
+                        Ok(out) => Ok(out),
+                        Err(godwit_monitor::CallError::Enclave(e)) => Err(e.into()),
+                        Err(e) => panic!("the result was withdrawn: {e}"),
+                    },
                     _ => unreachable!(),
                 }
             }

@@ -159,17 +159,7 @@ fn hosts_join_and_leave_the_store_through_membership_changes() {
     p.ok(1, &["migrate", &id, "--to", "host4"]);
     assert_eq!(p.ok(4, &["call", &id, "incr"]), "2");
     // host3 leaves; the store goes on with three voters.
-    let out = godwit()
-        .args(["cluster", "remove", "--config"])
-        .arg(p.config(1))
-        .arg("host3")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    p.remove_member(1, 3);
     p.kill(3);
     poll(
         std::time::Duration::from_secs(60),

@@ -6,4 +6,5 @@ mod cluster;
 mod demo;
 mod hostile;
 mod recovery;
+mod rollback;
 mod support;

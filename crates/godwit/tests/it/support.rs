@@ -65,6 +65,11 @@ impl Processes {
 
     /// Starts (or restarts) host `k`; its log goes to `hostK.log` in the cluster directory.
     pub fn spawn(&mut self, k: usize) {
+        self.spawn_with_umask(k, None);
+    }
+
+    /// As [`Processes::spawn`], under the file-creation mask `umask` (octal) if given.
+    pub fn spawn_with_umask(&mut self, k: usize, umask: Option<&str>) {
         if self.children.len() < k {
             self.children.resize_with(k, || None);
         }
@@ -73,7 +78,13 @@ impl Processes {
             .append(true)
             .open(self.dir.path().join(format!("host{k}.log")))
             .unwrap();
-        let child = godwit()
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(match umask {
+                Some(mask) => format!("umask {mask} && exec \"$0\" \"$@\""),
+                None => "exec \"$0\" \"$@\"".to_owned(),
+            })
+            .arg(env!("CARGO_BIN_EXE_godwit"))
             .arg("node")
             .arg("--config")
             .arg(self.config(k))
@@ -128,6 +139,21 @@ impl Processes {
         assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
         assert!(err.starts_with("godwit: "), "{err}");
         err
+    }
+
+    /// Removes host `gone` from the store through host `via`'s operator.
+    pub fn remove_member(&self, via: usize, gone: usize) {
+        let out = godwit()
+            .args(["cluster", "remove", "--config"])
+            .arg(self.config(via))
+            .arg(format!("host{gone}"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     pub fn status(&self, k: usize) -> Option<serde_json::Value> {
