@@ -13,7 +13,8 @@ use godwit_proto::{
 use godwit_wire::{EnclaveId, Manifest};
 
 use crate::{
-    BootStatus, EnclaveState, Event, InstanceServices, Monitor, MonitorError, Pending, Resident,
+    BlobFate, BootStatus, EnclaveState, Event, InstanceServices, Life, Monitor, MonitorError,
+    Pending,
 };
 
 /// Most results one enclave may withhold; past it, calls are refused until the store
@@ -54,7 +55,8 @@ pub enum CallError {
 /// of its own, so one enclave's long call stalls no other enclave, frame or timer, and
 /// gives the [`EcallDone`] back with [`Monitor::end_call`].
 pub struct Ecall {
-    id: EnclaveId,
+    /// The SM that handed it out and the life of the instance.
+    owner: (u64, Life),
     enclave: Enclave<InstanceServices>,
     ecall: String,
     arg: Vec<u8>,
@@ -65,7 +67,7 @@ impl Ecall {
     pub fn run(mut self) -> EcallDone {
         let out = self.enclave.call(&self.ecall, &self.arg);
         EcallDone {
-            id: self.id,
+            owner: self.owner,
             enclave: self.enclave,
             out,
         }
@@ -74,7 +76,7 @@ impl Ecall {
 
 /// A finished [`Ecall`], for [`Monitor::end_call`].
 pub struct EcallDone {
-    id: EnclaveId,
+    owner: (u64, Life),
     enclave: Enclave<InstanceServices>,
     out: Result<Vec<u8>, EnclaveError>,
 }
@@ -92,6 +94,9 @@ pub(crate) struct Durability {
     pub(crate) withheld: VecDeque<Withheld>,
     /// A migration waiting for the ledger to catch up before it collects the state.
     pub(crate) collect_for: Option<MigrationId>,
+    /// State the ledger recorded while an ecall held the instance: its older blobs go
+    /// once the instance is back.
+    recorded_while_out: Option<DurableState>,
 }
 
 impl Durability {
@@ -137,13 +142,14 @@ impl Monitor {
         ecall: &str,
         arg: &[u8],
     ) -> Result<Ecall, MonitorError> {
+        let nonce = self.nonce;
         let r = self.in_state(id, EnclaveState::Running)?;
         if r.durability.withheld.len() >= WITHHELD_MAX {
             return Err(MonitorError::Busy(id));
         }
         let enclave = r.enclave.take().ok_or(MonitorError::Busy(id))?;
         Ok(Ecall {
-            id,
+            owner: (nonce, (id, r.token)),
             enclave,
             ecall: ecall.to_owned(),
             arg: arg.to_vec(),
@@ -155,20 +161,34 @@ impl Monitor {
     /// [`CallOutcome::Pending`], and the outcome — a result or the enclave's own failure
     /// alike — follows as [`Event::CallCompleted`], in call order.
     pub fn end_call(&mut self, done: EcallDone) -> Result<CallOutcome, MonitorError> {
-        let EcallDone { id, enclave, out } = done;
-        let Some(r) = self.enclaves.get_mut(&id).filter(|r| r.enclave.is_none()) else {
-            // Invariant: only `begin_call` makes an `Ecall`, and it leaves its entry here
-            // (a wipe meanwhile only dooms it).
-            unreachable!("an ecall of {id} returned to an SM that does not wait for it");
+        let EcallDone {
+            owner: (nonce, (id, token)),
+            enclave,
+            out,
+        } = done;
+        let Some(r) = self
+            .enclaves
+            .get_mut(&id)
+            .filter(|r| nonce == self.nonce && r.token == token && r.enclave.is_none())
+        else {
+            // Not this SM's, or not this life's: its memory goes, its blobs are not its
+            // to touch.
+            drop(enclave.wipe());
+            return Err(MonitorError::UnknownEnclave(id));
         };
-        if r.doomed {
+        if let Some(fate) = r.doomed {
             self.enclaves.remove(&id);
-            enclave.wipe().delete_blobs();
+            crate::discard(enclave, fate);
             self.check_invariants();
             return Err(MonitorError::Withdrawn(id));
         }
         r.memory_bytes = enclave.memory_bytes();
         r.enclave = Some(enclave);
+        if let Some(d) = r.durability.recorded_while_out.take()
+            && let Some(e) = r.enclave.as_mut()
+        {
+            e.services_mut().recorded(&d);
+        }
         self.note_durable(id);
         let call = CallId(self.next_call);
         self.next_call += 1;
@@ -219,18 +239,24 @@ impl Monitor {
             durable: d.seen.clone(),
         };
         let seq = d.seen_seq;
-        self.store(Pending::Update(id, seq), op);
+        let life = (id, r.token);
+        self.store(Pending::Update(life, seq), op);
     }
 
-    pub(crate) fn updated(&mut self, id: EnclaveId, seq: u64, reply: StoreReply) {
-        let Some(r) = self.enclaves.get_mut(&id) else {
+    pub(crate) fn updated(&mut self, life: Life, seq: u64, reply: StoreReply) {
+        let id = life.0;
+        let Some(r) = self.enclaves.get_mut(&id).filter(|r| r.token == life.1) else {
             return;
         };
         r.durability.inflight = None;
         let record = match reply {
             StoreReply::Outcome(LedgerOutcome::Applied(record)) => {
-                if let (Some(record), Some(e)) = (record, r.enclave.as_mut()) {
-                    e.services_mut().recorded(&record.durable);
+                match (record, r.enclave.as_mut()) {
+                    (Some(record), Some(e)) => e.services_mut().recorded(&record.durable),
+                    (Some(record), None) => {
+                        r.durability.recorded_while_out = Some(record.durable);
+                    }
+                    (None, _) => {}
                 }
                 let d = &mut r.durability;
                 d.recorded_seq = d.recorded_seq.max(seq);
@@ -266,7 +292,7 @@ impl Monitor {
                     durable: d.seen.clone(),
                 };
                 let seq = d.seen_seq;
-                self.store_later(Pending::Update(id, seq), op);
+                self.store_later(Pending::Update(life, seq), op);
                 return;
             }
             StoreReply::Outcome(LedgerOutcome::Refused { reason, record }) => (reason, record),
@@ -276,11 +302,12 @@ impl Monitor {
 
     /// The ledger refused to record an enclave's durable state. If it still runs here
     /// (a fenced abort moved its epoch on after the write was asked for), ask again at the
-    /// ledger's epoch. Otherwise
-    /// the ledger no longer lets this SM run it — lost, moved or destroyed — so nothing of
-    /// it may ever be released: every withheld result is withdrawn, and the instance is
-    /// wiped, as a sender that lost its migration wipes its copy. (An enclave an outgoing
-    /// migration holds is left to that migration, whose BEGIN the ledger refuses alike.)
+    /// ledger's epoch. Otherwise the ledger no longer lets this SM run it — lost, moved or
+    /// destroyed — so nothing of it may ever be released: every withheld result is
+    /// withdrawn, and the instance is wiped, as a sender that lost its migration wipes its
+    /// copy; its blobs stay if it is recorded lost here (a fresh instance adopts them). An
+    /// enclave an outgoing migration holds is revoked: it answers nothing more, and is
+    /// wiped when the migration lets go of it.
     fn update_refused(
         &mut self,
         id: EnclaveId,
@@ -291,6 +318,10 @@ impl Monitor {
         let boot = self.hw.boot_epoch().to_bytes();
         let Some(r) = self.enclaves.get_mut(&id) else {
             return;
+        };
+        let fate = match &record {
+            Some(rec) if rec.owner == me && rec.state == RecordState::Lost => BlobFate::Keep,
+            _ => BlobFate::Delete,
         };
         if let Some(rec) = record.filter(|rec| {
             rec.owner == me
@@ -311,12 +342,14 @@ impl Monitor {
                 durable: d.seen.clone(),
             };
             let seq = d.seen_seq;
-            self.store_later(Pending::Update(id, seq), op);
+            let life = (id, r.token);
+            self.store_later(Pending::Update(life, seq), op);
             return;
         }
         tracing::error!(enclave = %id, %reason, "the store refused to record the enclave's state; it is not this host's to run any more: wiped");
         let why = format!("the store refused to record the enclave's state: {reason}");
         if self.migrations.is_migrating(&id) {
+            r.revoked = Some(fate);
             let d = &mut r.durability;
             d.recorded_seq = d.seen_seq;
             let withheld: Vec<_> = d.withheld.drain(..).collect();
@@ -329,7 +362,22 @@ impl Monitor {
             }
             self.resume_collect(id);
         } else {
-            self.wipe(id, &why);
+            self.wipe(id, &why, fate);
+        }
+    }
+
+    /// An enclave the ledger revoked while a migration held it is wiped once no migration
+    /// holds it any more.
+    pub(crate) fn settle_revoked(&mut self, id: EnclaveId) {
+        let Some(fate) = self.enclaves.get(&id).and_then(|r| r.revoked) else {
+            return;
+        };
+        if !self.migrations.is_migrating(&id) {
+            self.wipe(
+                id,
+                "the store no longer lets this host run the enclave",
+                fate,
+            );
         }
     }
 
@@ -388,20 +436,31 @@ impl Monitor {
         let services =
             InstanceServices::new(id, app, 0, Arc::clone(&self.hw), Arc::clone(&self.blobs));
         let enclave = self.runtime.instantiate(&loaded, services)?;
-        self.enclaves
-            .insert(id, Resident::new(enclave, EnclaveState::Registering, 0));
+        let r = self.resident_for(enclave, EnclaveState::Registering, 0);
+        let life = (id, r.token);
+        self.enclaves.insert(id, r);
         let op = LedgerOp::Adopt {
             id,
             by: self.hw.host().clone(),
             boot: self.hw.boot_epoch().to_bytes(),
             app,
         };
-        self.store(Pending::Adopt(id), op);
+        self.store(Pending::Adopt(life), op);
         self.check_invariants();
         Ok(())
     }
 
-    pub(crate) fn adopted(&mut self, id: EnclaveId, reply: StoreReply) {
+    pub(crate) fn adopted(&mut self, life: Life, reply: StoreReply) {
+        // Only for the life that asked, and only while it waits: a late or repeated reply
+        // must never reset an instance that runs.
+        let id = life.0;
+        if !self
+            .enclaves
+            .get(&id)
+            .is_some_and(|r| r.token == life.1 && r.state == EnclaveState::Registering)
+        {
+            return;
+        }
         match reply {
             StoreReply::Outcome(LedgerOutcome::Applied(Some(record))) => {
                 let Some((r, e)) = self
@@ -431,7 +490,7 @@ impl Monitor {
                         boot: self.hw.boot_epoch().to_bytes(),
                         app: r.module.measurement(),
                     };
-                    self.store_later(Pending::Adopt(id), op);
+                    self.store_later(Pending::Adopt(life), op);
                 }
             }
             other => {
@@ -443,9 +502,7 @@ impl Monitor {
                 };
                 // Nothing was sealed by this instance yet, so no blob of the lost one is
                 // touched when it is dropped.
-                if let Some(e) = self.enclaves.remove(&id).and_then(|r| r.enclave) {
-                    drop(e.wipe());
-                }
+                self.wipe(id, "the store refused the adoption", BlobFate::Keep);
                 self.event(Event::RegistrationRefused {
                     enclave: id,
                     reason,

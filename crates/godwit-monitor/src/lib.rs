@@ -180,6 +180,24 @@ pub struct MonitorConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RequestId(pub u64);
 
+/// Drops an instance's memory and keys, and its blobs unless they are to be kept.
+fn discard(enclave: Enclave<InstanceServices>, fate: BlobFate) {
+    let services = enclave.wipe();
+    if fate == BlobFate::Delete {
+        services.delete_blobs();
+    }
+}
+
+impl Pending {
+    /// The enclave a pending write is about, if it is one of an enclave's own lives.
+    fn enclave(&self) -> Option<EnclaveId> {
+        match self {
+            Self::Register((id, _)) | Self::Update((id, _), _) | Self::Adopt((id, _)) => Some(*id),
+            _ => None,
+        }
+    }
+}
+
 /// What the SM asks of the host.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -316,13 +334,34 @@ struct Resident {
     resume_to: EnclaveState,
     /// How far the ledger recorded its durable state, and the results waiting for it.
     durability: durable::Durability,
-    /// Wiped while an ecall held it: it is wiped for good when the ecall returns, and the
-    /// ecall's result is withdrawn.
-    doomed: bool,
+    /// Names this life of the instance on this SM: replies and returning ecalls meant for
+    /// an earlier life of the same id (wiped, adopted again) are recognised and ignored.
+    token: u64,
+    /// Wiped while an ecall held it: it is wiped for good when the ecall returns (keeping
+    /// its blobs or not), and the ecall's result is withdrawn.
+    doomed: Option<BlobFate>,
+    /// The ledger refused its state while an outgoing migration held it: it answers
+    /// nothing more, and is wiped when the migration lets go of it instead of resuming.
+    revoked: Option<BlobFate>,
+}
+
+/// What a wipe does with the instance's sealed blobs on the host's disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BlobFate {
+    /// Delete them: the instance is gone (destroyed, moved on).
+    Delete,
+    /// Keep them: the instance is recorded lost with this host as its last owner, and a
+    /// fresh instance adopting it opens them.
+    Keep,
 }
 
 impl Resident {
-    fn new(enclave: Enclave<InstanceServices>, state: EnclaveState, epoch: u64) -> Self {
+    fn new(
+        enclave: Enclave<InstanceServices>,
+        state: EnclaveState,
+        epoch: u64,
+        token: u64,
+    ) -> Self {
         let recorded = enclave.services().durable();
         Self {
             module: Arc::clone(enclave.module()),
@@ -333,8 +372,15 @@ impl Resident {
             epoch,
             resume_to: EnclaveState::Running,
             durability: durable::Durability::recorded(recorded),
-            doomed: false,
+            token,
+            doomed: None,
+            revoked: None,
         }
+    }
+
+    /// Whether it may be asked for anything (not wiped while out, not revoked).
+    fn usable(&self) -> bool {
+        self.doomed.is_none() && self.revoked.is_none()
     }
 }
 
@@ -358,14 +404,17 @@ enum BootStatus {
     Stale,
 }
 
+/// One life of an instance on this SM: its id and the token of its `Resident`.
+type Life = (EnclaveId, u64);
+
 enum Pending {
-    Register(EnclaveId),
+    Register(Life),
     Destroy(EnclaveId),
     Outgoing(MigrationId),
     Incoming(MigrationId),
-    Update(EnclaveId, u64),
+    Update(Life, u64),
     Booted,
-    Adopt(EnclaveId),
+    Adopt(Life),
 }
 
 /// The security monitor of one host. See the crate documentation for its contract.
@@ -382,6 +431,10 @@ pub struct Monitor {
     requests: BTreeMap<RequestId, Pending>,
     next_request: u64,
     next_call: u64,
+    /// The next resident's token.
+    next_token: u64,
+    /// Random, chosen at start: binds the ecalls this SM hands out to it.
+    nonce: u64,
     /// Store writes to ask again once the store had time to recover (trusted time).
     retries: Vec<(godwit_hw::TrustedInstant, Pending, LedgerOp)>,
     actions: VecDeque<Action>,
@@ -409,10 +462,15 @@ impl Monitor {
             requests: BTreeMap::new(),
             next_request: 0,
             next_call: 0,
+            next_token: 0,
+            nonce: 0,
             retries: Vec::new(),
             actions: VecDeque::new(),
             boot: BootStatus::Announced,
         };
+        let mut nonce = [0u8; 8];
+        sm.hw.fill_random(&mut nonce);
+        sm.nonce = u64::from_be_bytes(nonce);
         // First thing a new boot does: tell the ledger, so that what this host ran under
         // an earlier boot is recorded lost rather than believed running.
         sm.announce_boot();
@@ -449,6 +507,22 @@ impl Monitor {
     fn store_later(&mut self, pending: Pending, op: LedgerOp) {
         let at = self.hw.now().saturating_add(STORE_RETRY);
         self.retries.push((at, pending, op));
+    }
+
+    /// A fresh resident, with its token.
+    fn resident_for(
+        &mut self,
+        enclave: Enclave<InstanceServices>,
+        state: EnclaveState,
+        epoch: u64,
+    ) -> Resident {
+        self.next_token += 1;
+        Resident::new(enclave, state, epoch, self.next_token)
+    }
+
+    /// The life `(id, token)` if the resident at `id` is still that life.
+    fn life_is(&self, (id, token): Life) -> bool {
+        self.enclaves.get(&id).is_some_and(|r| r.token == token)
     }
 
     fn store(&mut self, pending: Pending, op: LedgerOp) {
@@ -511,10 +585,11 @@ impl Monitor {
             InstanceServices::new(id, app, 0, Arc::clone(&self.hw), Arc::clone(&self.blobs));
         let enclave = self.runtime.instantiate(&loaded, services)?;
         tracing::info!(enclave = %id, app = %loaded.manifest().name, measurement = %app.short(), "enclave created");
-        self.enclaves
-            .insert(id, Resident::new(enclave, EnclaveState::Registering, 0));
+        let r = self.resident_for(enclave, EnclaveState::Registering, 0);
+        let life = (id, r.token);
+        self.enclaves.insert(id, r);
         if let Some(op) = self.register_op(id) {
-            self.store(Pending::Register(id), op);
+            self.store(Pending::Register(life), op);
         }
         self.check_invariants();
         Ok(id)
@@ -555,6 +630,9 @@ impl Monitor {
         expected: EnclaveState,
     ) -> Result<&mut Resident, MonitorError> {
         let r = self.resident(id)?;
+        if !r.usable() {
+            return Err(MonitorError::Withdrawn(id));
+        }
         if r.state != expected {
             return Err(MonitorError::WrongState {
                 id,
@@ -588,6 +666,7 @@ impl Monitor {
         self.wipe(
             id,
             "the enclave was destroyed before its state was recorded",
+            BlobFate::Delete,
         );
         self.store(
             Pending::Destroy(id),
@@ -601,11 +680,12 @@ impl Monitor {
         Ok(())
     }
 
-    /// Removes an enclave: memory zeroed, keys dropped, its blobs deleted, and every result
-    /// it withholds withdrawn with `why`. An enclave an ecall holds is marked doomed and
-    /// wiped when the ecall returns. (Part of a transition: the public caller checks the
-    /// invariants when the transition is done.)
-    fn wipe(&mut self, id: EnclaveId, why: &str) {
+    /// Removes an enclave: memory zeroed, keys dropped, its blobs deleted (or kept, for an
+    /// enclave recorded lost here, for adoption), and every result it withholds withdrawn
+    /// with `why`. An enclave an ecall holds is marked doomed and wiped when the ecall
+    /// returns. (Part of a transition: the public caller checks the invariants when the
+    /// transition is done.)
+    fn wipe(&mut self, id: EnclaveId, why: &str, fate: BlobFate) {
         let Some(r) = self.enclaves.get_mut(&id) else {
             return;
         };
@@ -617,15 +697,17 @@ impl Monitor {
                 result: Err(CallError::Withdrawn(why.to_owned())),
             }));
         }
+        // Retries queued for this life are for nothing now.
+        self.retries.retain(|(_, p, _)| p.enclave() != Some(id));
         let Some(r) = self.enclaves.get_mut(&id) else {
             return;
         };
         if r.enclave.is_none() {
-            r.doomed = true;
+            r.doomed = Some(fate);
             return;
         }
         if let Some(enclave) = self.enclaves.remove(&id).and_then(|r| r.enclave) {
-            enclave.wipe().delete_blobs();
+            discard(enclave, fate);
         }
     }
 
@@ -676,7 +758,7 @@ impl Monitor {
             return;
         };
         match pending {
-            Pending::Register(id) => self.registered(id, reply),
+            Pending::Register(life) => self.registered(life, reply),
             Pending::Destroy(id) => match reply {
                 StoreReply::Outcome(LedgerOutcome::Applied(_)) => {}
                 StoreReply::Unavailable(_) => {
@@ -690,20 +772,24 @@ impl Monitor {
             },
             Pending::Outgoing(m) => self.outgoing_store_reply(m, reply),
             Pending::Incoming(m) => self.incoming_store_reply(m, reply),
-            Pending::Update(id, seq) => self.updated(id, seq, reply),
+            Pending::Update(life, seq) => self.updated(life, seq, reply),
             Pending::Booted => self.booted(reply),
-            Pending::Adopt(id) => self.adopted(id, reply),
+            Pending::Adopt(life) => self.adopted(life, reply),
         }
         self.check_invariants();
     }
 
-    fn registered(&mut self, id: EnclaveId, reply: StoreReply) {
+    fn registered(&mut self, life: Life, reply: StoreReply) {
+        if !self.life_is(life) {
+            return; // a reply for an earlier life of this id
+        }
+        let id = life.0;
         if let StoreReply::Unavailable(why) = &reply {
             // Unknown whether it was applied: ask again (a repeated registration is answered
             // alike). The enclave stays `registering`, not running, meanwhile.
             tracing::warn!(enclave = %id, %why, "store unavailable; registering again");
             if let Some(op) = self.register_op(id) {
-                self.store_later(Pending::Register(id), op);
+                self.store_later(Pending::Register(life), op);
             }
             return;
         }
@@ -725,7 +811,11 @@ impl Monitor {
                     StoreReply::Outcome(LedgerOutcome::Applied(_)) => unreachable!("matched above"),
                 };
                 tracing::warn!(enclave = %id, %reason, "registration refused; enclave destroyed");
-                self.wipe(id, "the store refused to register the enclave");
+                self.wipe(
+                    id,
+                    "the store refused to register the enclave",
+                    BlobFate::Delete,
+                );
                 self.event(Event::RegistrationRefused {
                     enclave: id,
                     reason,
@@ -784,7 +874,7 @@ impl Monitor {
                     "services bound to another app"
                 );
                 assert_eq!(s.incarnation, r.incarnation, "incarnation out of step");
-                assert!(!r.doomed, "a doomed enclave is back in the SM");
+                assert!(r.doomed.is_none(), "a doomed enclave is back in the SM");
             }
             let limit = r.module.manifest().max_instances_per_host;
             per_app

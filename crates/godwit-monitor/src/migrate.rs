@@ -132,6 +132,9 @@ impl Monitor {
                 expected: EnclaveState::Running,
             });
         }
+        if !r.usable() {
+            return Err(MonitorError::Withdrawn(enclave));
+        }
         if !r.module.manifest().migratable {
             return Err(MonitorError::NotMigratable(enclave));
         }
@@ -180,6 +183,8 @@ impl Monitor {
                     enclave,
                     outcome: Err(AbortReason::Cancelled),
                 });
+                self.settle_revoked(enclave);
+                self.check_invariants();
                 return Ok(());
             }
         }
@@ -281,6 +286,7 @@ impl Monitor {
                         enclave,
                         outcome: Err(why),
                     });
+                    self.settle_revoked(enclave);
                     continue;
                 }
             }
@@ -557,9 +563,15 @@ impl Monitor {
                 },
                 SendEffect::Store(op) => self.store(Pending::Outgoing(m), op),
                 SendEffect::Resume { epoch } => self.release(m, enclave, Some(epoch)),
-                SendEffect::Wipe => {
+                SendEffect::Wipe { keep_blobs } => {
                     self.release(m, enclave, None);
-                    self.wipe(enclave, "the enclave moved on or was lost");
+                    let revoked = self.enclaves.get(&enclave).and_then(|r| r.revoked);
+                    let fate = if keep_blobs || revoked == Some(crate::BlobFate::Keep) {
+                        crate::BlobFate::Keep
+                    } else {
+                        crate::BlobFate::Delete
+                    };
+                    self.wipe(enclave, "the enclave moved on or was lost", fate);
                 }
                 SendEffect::Finished(outcome) => self.finish_out(m, enclave, outcome),
             }
@@ -664,11 +676,12 @@ impl Monitor {
             && r.state == EnclaveState::Migrating
         {
             match resume_at {
-                Some(epoch) => {
+                // A revoked enclave never runs again: it is wiped when the migration ends.
+                Some(epoch) if r.revoked.is_none() => {
                     r.state = r.resume_to;
                     r.epoch = epoch;
                 }
-                None => r.state = EnclaveState::Paused,
+                _ => r.state = EnclaveState::Paused,
             }
         }
     }
@@ -702,6 +715,7 @@ impl Monitor {
             enclave,
             outcome,
         });
+        self.settle_revoked(enclave);
     }
 
     /// Carries out the receiver machine's effects.
@@ -845,9 +859,9 @@ impl Monitor {
         let id = i.machine.prepare().enclave;
         let epoch = i.machine.prepare().epoch + 1;
         tracing::info!(enclave = %id, migration = %m, "migration committed; enclave runs here");
+        let resident = self.resident_for(enclave, EnclaveState::Running, epoch);
         // COMMIT carried the durable state the instance has: the ledger is caught up.
-        self.enclaves
-            .insert(id, Resident::new(enclave, EnclaveState::Running, epoch));
+        self.enclaves.insert(id, resident);
     }
 
     /// The copy (partial or rebuilt) is dropped, with any blobs re-sealed for it.

@@ -43,6 +43,17 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ClusterError + '_ {
 }
 
 /// Writes a file readable only by its owner.
+/// Creates `dir` (and its parents) so that only its owner may enter the directories it
+/// creates, whatever the umask.
+pub(crate) fn private_dir(dir: &Path) -> Result<(), ClusterError> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io(dir))
+}
+
 pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ClusterError> {
     let mut f = fs::OpenOptions::new()
         .write(true)
@@ -96,7 +107,7 @@ pub fn init(dir: &Path, hosts: usize, base_port: u16) -> Result<Vec<PathBuf>, Cl
     if dir.exists() && fs::read_dir(dir).map_err(io(dir))?.next().is_some() {
         return Err(ClusterError::NotEmpty(dir.to_owned()));
     }
-    fs::create_dir_all(dir).map_err(io(dir))?;
+    private_dir(dir)?;
     let manufacturer = Manufacturer::generate();
     manufacturer.save(&dir.join("manufacturer"))?;
     let addr = |k: usize| format!("127.0.0.1:{}", usize::from(base_port) + k);
@@ -111,6 +122,7 @@ pub fn init(dir: &Path, hosts: usize, base_port: u16) -> Result<Vec<PathBuf>, Cl
     for me in &all {
         let name = me.id.as_str();
         let host_dir = dir.join(name);
+        private_dir(&host_dir)?;
         manufacturer
             .provision(me.id.clone())
             .save(&host_dir.join("identity"))?;
@@ -232,6 +244,7 @@ pub fn add(dir: &Path) -> Result<NewHost, ClusterError> {
     let manufacturer = Manufacturer::load(&dir.join("manufacturer"))?;
     let name = id.as_str();
     let host_dir = dir.join(name);
+    private_dir(&host_dir)?;
     manufacturer
         .provision(id.clone())
         .save(&host_dir.join("identity"))?;

@@ -145,6 +145,19 @@ pub async fn request(
             path: socket.display().to_string(),
             source,
         })?;
+    // The socket must be served by this user: the token goes to nobody else.
+    let peer = stream
+        .peer_cred()
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+    if let Ok(me) = crate::node::own_uid()
+        && peer.uid() != me
+    {
+        return Err(ClientError::Protocol(format!(
+            "{} is served by user {}, not by this user: not sending the token",
+            socket.display(),
+            peer.uid()
+        )));
+    }
     let (read, mut write) = stream.into_split();
     let mut line = token.trim().as_bytes().to_vec();
     line.push(b'\n');

@@ -110,6 +110,15 @@ pub(crate) fn host_random(out: &mut [u8]) -> Result<(), getrandom::Error> {
     getrandom::fill(out)
 }
 
+/// The SM's lock. A panic while it was held leaves the SM in a state it never checked:
+/// the node stops rather than go on with it.
+fn lock_sm(m: &Mutex<Monitor>) -> std::sync::MutexGuard<'_, Monitor> {
+    m.lock().unwrap_or_else(|_| {
+        tracing::error!("the security monitor panicked mid-transition; stopping the node");
+        std::process::abort()
+    })
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding one of these locks is a bug that already failed loudly; the
     // protected state is kept consistent by the SM's own checks.
@@ -120,7 +129,7 @@ impl Inner {
     /// Runs `f` on the SM, then carries out the actions it produced.
     pub(crate) fn with<R>(self: &Arc<Self>, f: impl FnOnce(&mut Monitor) -> R) -> R {
         let (r, actions) = {
-            let mut m = lock(&self.monitor);
+            let mut m = lock_sm(&self.monitor);
             let r = f(&mut m);
             let mut actions = Vec::new();
             while let Some(a) = m.poll_action() {
@@ -150,8 +159,12 @@ impl Inner {
             match self.with(|m| m.begin_call(id, ecall, arg)) {
                 Ok(run) => match tokio::task::spawn_blocking(move || run.run()).await {
                     Ok(done) => self.with(|m| m.end_call(done)),
-                    // Invariant: an ecall does not panic (wasmtime turns traps into errors).
-                    Err(e) => panic!("an ecall's thread failed: {e}"),
+                    // An ecall does not panic (wasmtime turns traps into errors); if one
+                    // did, the enclave would be lost in the SM's hands: stop.
+                    Err(e) => {
+                        tracing::error!(error = %e, "an ecall's thread failed; stopping the node");
+                        std::process::abort()
+                    }
                 },
                 Err(e) => Err(e),
             }
@@ -329,7 +342,7 @@ impl Inner {
     async fn timer_loop(self: Arc<Self>) {
         loop {
             let wait = {
-                let m = lock(&self.monitor);
+                let m = lock_sm(&self.monitor);
                 m.poll_timeout()
                     .map(|t| t.duration_since(self.hw.now()).unwrap_or(Duration::ZERO))
             };
@@ -589,29 +602,50 @@ async fn write_frame(
     }
 }
 
-/// Reads the control token. A token file others may read, or an empty one, is refused:
-/// the token is the only thing between the socket and the SM's entry points.
+/// Shortest token accepted, in characters (`cluster init` writes 64 hex digits).
+const TOKEN_CHARS_MIN: usize = 16;
+
+/// The user this process runs as (the owner of `/proc/self`).
+pub(crate) fn own_uid() -> std::io::Result<u32> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(std::fs::metadata("/proc/self")?.uid())
+}
+
+/// Reads the control token. A token file others may read or that another user owns, or
+/// one with a short or empty token, is refused: the token is the only thing between the
+/// socket and the SM's entry points. The file is opened once and checked as opened.
 fn read_token(path: &std::path::Path) -> Result<String, NodeError> {
-    use std::os::unix::fs::PermissionsExt;
+    use std::io::Read;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let file = path.display();
     let fail = |why: String| NodeError::Start(format!("control token file {file}: {why}"));
-    let mode = std::fs::metadata(path)
-        .map_err(|e| fail(e.to_string()))?
-        .permissions()
-        .mode();
+    let f = std::fs::File::open(path).map_err(|e| fail(e.to_string()))?;
+    let meta = f.metadata().map_err(|e| fail(e.to_string()))?;
+    let mode = meta.permissions().mode();
+    if !meta.is_file() {
+        return Err(fail("not a regular file".into()));
+    }
     if mode & 0o077 != 0 {
         return Err(fail(format!(
             "mode {:o} lets others read it; run `chmod 600 {file}`",
             mode & 0o777
         )));
     }
-    let token = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
-    let token = token.trim();
-    if token.is_empty() || token.len() > crate::control::TOKEN_LINE_BYTES_MAX - 1 {
+    if own_uid().is_ok_and(|me| me != meta.uid()) {
         return Err(fail(format!(
-            "{} bytes; it must hold a token of 1 to {} characters (`godwit cluster init` writes one)",
-            token.len(),
-            crate::control::TOKEN_LINE_BYTES_MAX - 1
+            "owned by user {}, not by the user running the node",
+            meta.uid()
+        )));
+    }
+    let mut token = String::new();
+    f.take(crate::control::TOKEN_LINE_BYTES_MAX as u64)
+        .read_to_string(&mut token)
+        .map_err(|e| fail(e.to_string()))?;
+    let token = token.trim();
+    let max = crate::control::TOKEN_LINE_BYTES_MAX - 1;
+    if token.len() < TOKEN_CHARS_MIN || token.len() > max || token.contains(char::is_whitespace) {
+        return Err(fail(format!(
+            "it must hold one token of {TOKEN_CHARS_MIN} to {max} characters (`godwit cluster init` writes one)"
         )));
     }
     Ok(token.to_owned())

@@ -88,8 +88,10 @@ impl DurableState {
     /// each counter: the ledger's copy never goes back.
     pub fn merge(&mut self, newer: &DurableState) {
         for (slot, v) in &newer.sealed {
+            // A version once recorded keeps the incarnation that sealed it: the same number
+            // from another incarnation never replaces it.
             let e = self.sealed.entry(slot.clone()).or_insert(*v);
-            if v.version >= e.version {
+            if v.version > e.version {
                 *e = *v;
             }
         }
@@ -848,12 +850,25 @@ impl Ledger {
 
     /// Structural invariants, asserted after every write (on in release builds).
     pub fn check_invariants(&self) {
+        if let Err(e) = self.validate() {
+            panic!("ledger invariant: {e}");
+        }
+    }
+
+    /// The structural invariants as a check, for a ledger that came from elsewhere (a
+    /// snapshot): an error, never a panic.
+    pub fn validate(&self) -> Result<(), String> {
         for (id, r) in &self.records {
-            assert_eq!(*id, r.id, "record filed under another id");
-            if let RecordState::Migrating { to, .. } = &r.state {
-                assert_ne!(*to, r.owner, "a migration to its own owner");
+            if *id != r.id {
+                return Err(format!("record of {} filed under {id}", r.id));
+            }
+            if let RecordState::Migrating { to, .. } = &r.state
+                && *to == r.owner
+            {
+                return Err(format!("{id} migrates to its own owner"));
             }
         }
+        Ok(())
     }
 }
 

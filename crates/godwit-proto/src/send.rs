@@ -59,8 +59,13 @@ pub enum SendEffect {
         /// The record's epoch now.
         epoch: u64,
     },
-    /// COMMIT is recorded: wipe E at the source.
-    Wipe,
+    /// COMMIT is recorded, or the ledger no longer lets the source run E: wipe E at the
+    /// source; its sealed blobs stay if E is recorded lost with the source as its last
+    /// owner (a fresh instance adopting it opens them).
+    Wipe {
+        /// Keep the sealed blobs.
+        keep_blobs: bool,
+    },
     /// The migration is over.
     Finished(SendOutcome),
 }
@@ -300,7 +305,8 @@ impl Outgoing {
                 Message::Committed { epoch, .. },
             ) => {
                 self.times.decided = Some(now);
-                self.effects.push_back(SendEffect::Wipe);
+                self.effects
+                    .push_back(SendEffect::Wipe { keep_blobs: false });
                 self.finish(SendOutcome::Committed { epoch: *epoch });
             }
             (Phase::Aborting { .. } | Phase::Done, _) => {}
@@ -428,7 +434,8 @@ impl Outgoing {
                 record,
             }) => {
                 self.times.decided = Some(now);
-                self.effects.push_back(SendEffect::Wipe);
+                self.effects
+                    .push_back(SendEffect::Wipe { keep_blobs: false });
                 let epoch = record.map_or(self.prepare.epoch + 1, |r| r.epoch);
                 return self.finish(SendOutcome::Committed { epoch });
             }
@@ -468,7 +475,9 @@ impl Outgoing {
             {
                 SendEffect::Resume { epoch: r.epoch }
             }
-            _ => SendEffect::Wipe,
+            r => SendEffect::Wipe {
+                keep_blobs: r.is_some_and(|r| r.owner == self.from && r.state == RecordState::Lost),
+            },
         }
     }
 

@@ -938,6 +938,11 @@ impl World {
             Ok(CallOutcome::Done(bytes)) => self.released(i, id, kind, &bytes),
             Ok(CallOutcome::Pending(call)) => {
                 self.calls.insert((i, self.hosts[i].boot, call), (id, kind));
+                // The host sees a result withheld (a durable change the store has not
+                // recorded yet) and sometimes kills its SM at once.
+                if self.chance(self.faults.crash * 10.0) {
+                    self.crash(i);
+                }
                 Ok(())
             }
             Err(MonitorError::Enclave(e)) => self.failed(i, id, kind, &e),
@@ -1068,8 +1073,21 @@ impl World {
                 }
             }
             92..=95 => {
+                // The host kills its SM whenever it likes; half the time, one that withholds
+                // results (it has sealed what the store has not recorded yet).
+                let withholding: Vec<usize> = self
+                    .calls
+                    .keys()
+                    .map(|(h, ..)| *h)
+                    .filter(|h| up.contains(h))
+                    .collect();
+                let victim = if !withholding.is_empty() && self.rng.random_bool(0.5) {
+                    self.pick(&withholding)
+                } else {
+                    self.pick(&up)
+                };
                 if self.chance(self.faults.crash * 20.0)
-                    && let Some(i) = self.pick(&up)
+                    && let Some(i) = victim
                 {
                     self.crash(i);
                 }
@@ -1196,6 +1214,26 @@ impl World {
                     && disk.get(*e, name).ok().flatten().as_ref() != Some(blob)
             })
             .collect();
+        // Headers are in the clear: the host prefers a blob of the same version sealed by
+        // another incarnation (a lost one's, never recorded).
+        let incarnation = |blob: &[u8]| {
+            godwit_monitor::seal::header(blob)
+                .ok()
+                .map(|(h, _)| h.incarnation)
+        };
+        let other_life: Vec<(EnclaveId, String, Vec<u8>)> = older
+            .iter()
+            .filter(|(e, name, blob)| {
+                let now = disk.get(*e, name).ok().flatten();
+                now.is_some_and(|now| incarnation(&now) != incarnation(blob))
+            })
+            .cloned()
+            .collect();
+        let older = if other_life.is_empty() {
+            older
+        } else {
+            other_life
+        };
         if older.is_empty() {
             return Ok(());
         }

@@ -391,3 +391,93 @@ fn an_enclave_destroyed_while_its_ecall_runs_is_wiped_when_it_returns() {
     );
     assert!(w.ledger.get(&id).is_none());
 }
+
+#[test]
+fn an_enclave_revoked_while_a_migration_holds_it_answers_nothing_and_is_wiped() {
+    let mut w = World::new(&["a", "b"]);
+    let id = w.deploy("a", COUNTER);
+    w.call("a", id, "persist");
+    // A migration that has not got its channel yet (every frame from a held back).
+    w.stall_from("a", 0);
+    w.sm("a").migrate(id, h("b")).unwrap();
+    w.settle();
+    // Meanwhile the store records a's enclaves lost, and refuses the next seal.
+    w.ledger.apply(&LedgerOp::HostLeft { host: h("a") });
+    let CallOutcome::Pending(persist) = w.sm("a").call(id, "persist", b"").unwrap() else {
+        panic!("a seal was answered before it was recorded")
+    };
+    w.settle();
+    assert!(matches!(
+        completed(&w, persist),
+        Some(Err(CallError::Withdrawn(_)))
+    ));
+    // Revoked: it answers nothing, and cannot be moved again.
+    assert_eq!(
+        w.sm("a").call(id, "get", b""),
+        Err(MonitorError::Withdrawn(id))
+    );
+    assert_eq!(
+        w.sm("a").migrate(id, h("b")).map(|_| ()),
+        Err(MonitorError::Withdrawn(id))
+    );
+    // When the migration ends (its channel never opens), the enclave is wiped; its
+    // blobs stay, for adoption.
+    w.release();
+    assert!(w.run_until(Duration::from_secs(60), |w| w.finished("a").len() == 1));
+    assert_eq!(
+        w.sm("a").info(id).map(|_| ()),
+        Err(MonitorError::UnknownEnclave(id))
+    );
+    assert!(
+        !w.nodes[&h("a")].blobs.keys().is_empty(),
+        "the recorded blob is kept for adoption"
+    );
+}
+
+#[test]
+fn a_late_adoption_reply_never_touches_a_later_life_of_the_enclave() {
+    let mut w = World::new(&["a"]);
+    let id = w.deploy("a", COUNTER);
+    w.call("a", id, "persist");
+    w.reboot("a");
+    w.settle();
+    // The first adoption's write reaches the store; nothing else does, for now.
+    let mut adoptions = 0;
+    w.store_up = Box::new(move |_, op| {
+        let first = matches!(op, LedgerOp::Adopt { .. }) && adoptions == 0;
+        adoptions += usize::from(matches!(op, LedgerOp::Adopt { .. }));
+        first
+    });
+    w.sm("a")
+        .adopt(id, &COUNTER.module(), COUNTER.manifest())
+        .unwrap();
+    // The host destroys that life before the reply, and adopts again.
+    w.sm("a").destroy(id).unwrap();
+    w.sm("a")
+        .adopt(id, &COUNTER.module(), COUNTER.manifest())
+        .unwrap();
+    w.settle();
+    // The first adoption's reply belongs to a life that is gone: the second still waits.
+    assert_eq!(w.sm("a").info(id).unwrap().state, EnclaveState::Registering);
+}
+
+#[test]
+fn a_doomed_enclave_cannot_be_migrated_and_a_foreign_ecall_is_refused() {
+    let mut w = World::new(&["a", "b"]);
+    let id = w.deploy("a", COUNTER);
+    let run = w.sm("a").begin_call(id, "incr", b"").unwrap();
+    w.sm("a").destroy(id).unwrap();
+    assert_eq!(
+        w.sm("a").migrate(id, h("b")).map(|_| ()),
+        Err(MonitorError::Withdrawn(id))
+    );
+    assert_eq!(w.sm("a").pause(id), Err(MonitorError::Withdrawn(id)));
+    // An ecall handed back to an SM that did not hand it out is refused, not obeyed.
+    let other = w.deploy("b", COUNTER);
+    let _busy = w.sm("b").begin_call(other, "get", b"").unwrap();
+    assert_eq!(
+        w.sm("b").end_call(run.run()),
+        Err(MonitorError::UnknownEnclave(id))
+    );
+    w.sm("b").check_invariants();
+}
