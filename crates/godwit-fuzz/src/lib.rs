@@ -45,7 +45,35 @@ pub fn wire(data: &[u8]) {
             Some(op)
         );
     }
-    let _ = godwit_node::store_message_decodes(data);
+}
+
+/// What a peer SM's store member and the host's disk hand a store member: a store message
+/// (bound to the attested peer and to this member), a snapshot's state, and the record
+/// files the member opens at start. Bad bytes are refused, never a panic.
+pub fn store(data: &[u8]) {
+    let (a, b) = (&hosts().a, &hosts().b);
+    let me = godwit_store::node_id(b.host());
+    let _ = godwit_store::store_message_decodes(a.host(), me, data);
+    let _ = godwit_store::snapshot_decodes(data);
+    // The data as record files: length-prefixed (2 bytes) chunks.
+    let mut records = Vec::new();
+    let mut rest = data;
+    while let Some((len, tail)) = rest.split_first_chunk::<2>() {
+        let n = usize::from(u16::from_be_bytes(*len)).min(tail.len());
+        records.push(tail[..n].to_vec());
+        rest = &tail[n..];
+    }
+    let hw = boot(b, seed_of(data));
+    let config = godwit_store::MemberConfig {
+        founders: vec![a.host().clone(), b.host().clone()],
+        ..Default::default()
+    };
+    let (member, opened) = godwit_store::Member::open(hw, config, &records);
+    assert!(
+        records.is_empty() || matches!(opened, godwit_store::Opened::Refused(_)),
+        "records no SM sealed are refused"
+    );
+    member.check_invariants();
 }
 
 /// Two provisioned hosts and a policy that trusts both, made once.
@@ -419,8 +447,9 @@ pub mod corpus {
     use godwit_proto::{FinalState, MigrationId, Prepare};
 
     /// The targets, by name.
-    pub const TARGETS: [&str; 7] = [
+    pub const TARGETS: [&str; 8] = [
         "wire",
+        "store",
         "handshake",
         "records",
         "manifest",
@@ -433,6 +462,7 @@ pub mod corpus {
     pub fn run(name: &str, data: &[u8]) {
         match name {
             "wire" => wire(data),
+            "store" => store(data),
             "handshake" => handshake(data),
             "records" => records(data),
             "manifest" => manifest(data),
@@ -447,6 +477,7 @@ pub mod corpus {
     pub fn seeds(name: &str) -> Vec<Vec<u8>> {
         match name {
             "wire" => wire_seeds(),
+            "store" => vec![vec![0; 64], vec![0, 40, 1, 2, 3], (0..=255).collect()],
             "handshake" => handshake_seeds(),
             "records" => vec![vec![0; 64], (0..=255).collect()],
             "manifest" => ALL.iter().map(|e| e.manifest.as_bytes().to_vec()).collect(),
@@ -458,7 +489,6 @@ pub mod corpus {
     }
 
     const CONFIG: &str = r#"id = "host1"
-node_id = 1
 listen = "127.0.0.1:7101"
 data_dir = "host1"
 memory_budget_mib = 8192
@@ -479,14 +509,15 @@ throughput_mib_s = 100
 margin_ms = 2000
 store_ms = 3000
 
+[store]
+founders = ["host1", "host2", "host3"]
+
 [[peers]]
 id = "host2"
-node_id = 2
 addr = "127.0.0.1:7102"
 
 [[peers]]
 id = "host3"
-node_id = 3
 addr = "127.0.0.1:7103"
 "#;
 
@@ -509,6 +540,7 @@ addr = "127.0.0.1:7103"
                 counters: 1,
                 epoch: 2,
                 incarnation: 1,
+                cluster: [7; 32],
             })),
             Message::Ready {
                 migration: id,

@@ -192,9 +192,13 @@ impl Monitor {
         self.note_durable(id);
         let call = CallId(self.next_call);
         self.next_call += 1;
+        let lease = self.lease_held();
         // Invariant: the entry is still here (checked above, nothing removed it since).
         let d = &mut self.enclaves.get_mut(&id).expect("present").durability;
-        let outcome = if d.recorded_seq >= d.seen_seq {
+        // Released now only if nothing it depends on waits for the ledger, nothing before
+        // it waits, and the SM holds a lease (it heard from a store majority lately: a
+        // host removed or cut off from the store answers nothing).
+        let outcome = if d.recorded_seq >= d.seen_seq && d.withheld.is_empty() && lease {
             out.map(CallOutcome::Done).map_err(MonitorError::from)
         } else {
             d.withheld
@@ -260,22 +264,7 @@ impl Monitor {
                 }
                 let d = &mut r.durability;
                 d.recorded_seq = d.recorded_seq.max(seq);
-                let mut done = Vec::new();
-                while d
-                    .withheld
-                    .front()
-                    .is_some_and(|(_, needs, _)| *needs <= d.recorded_seq)
-                {
-                    let (call, _, out) = d.withheld.pop_front().expect("checked");
-                    done.push((call, out));
-                }
-                for (call, result) in done {
-                    self.event(Event::CallCompleted {
-                        call,
-                        enclave: id,
-                        result,
-                    });
-                }
+                self.release_withheld(id);
                 self.request_update(id);
                 self.resume_collect(id);
                 return;
@@ -298,6 +287,34 @@ impl Monitor {
             StoreReply::Outcome(LedgerOutcome::Refused { reason, record }) => (reason, record),
         };
         self.update_refused(id, record.0, record.1);
+    }
+
+    /// Releases the withheld outcomes of `id` whose durable state the ledger recorded, in
+    /// call order, if the SM holds a lease.
+    pub(crate) fn release_withheld(&mut self, id: EnclaveId) {
+        if !self.lease_held() {
+            return;
+        }
+        let Some(r) = self.enclaves.get_mut(&id) else {
+            return;
+        };
+        let d = &mut r.durability;
+        let mut done = Vec::new();
+        while d
+            .withheld
+            .front()
+            .is_some_and(|(_, needs, _)| *needs <= d.recorded_seq)
+        {
+            let (call, _, out) = d.withheld.pop_front().expect("checked");
+            done.push((call, out));
+        }
+        for (call, result) in done {
+            self.event(Event::CallCompleted {
+                call,
+                enclave: id,
+                result,
+            });
+        }
     }
 
     /// The ledger refused to record an enclave's durable state. If it still runs here
@@ -430,6 +447,18 @@ impl Monitor {
         }
         if self.enclaves.contains_key(&id) || self.migrations.holds_enclave(&id) {
             return Err(MonitorError::AlreadyMigrating(id));
+        }
+        // An enclave lost with its host's removal: that host may still hold a lease (and
+        // answer) until it has surely run out on this SM's timer.
+        if let Some(r) = self.ledger().get(&id)
+            && r.state == RecordState::Lost
+            && !self.removal_settled(&r.owner.clone())
+        {
+            let wait = self.config.store.lease + self.config.store.lease_drift;
+            return Err(MonitorError::AdoptionWaits {
+                id,
+                wait_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+            });
         }
         let loaded = self.load_within_limit(module, manifest)?;
         let app = loaded.measurement();

@@ -23,6 +23,7 @@ mod modules;
 mod net;
 pub mod seal;
 mod services;
+mod store;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
@@ -36,10 +37,12 @@ use godwit_proto::{AbortReason, LedgerOp, LedgerOutcome, MigrationId, StoreReply
 use godwit_wire::{EnclaveId, HostId, Manifest, Measurement};
 
 pub use durable::{CallError, CallId, CallOutcome, Ecall, EcallDone};
+pub use godwit_store::{MemberConfig, MemberInfo, MembershipChange, Opened, StoreWrite};
 pub use host::{BlobStore, HostError, MemoryBlobStore};
-pub use net::{ConnId, RECORD_FRAME_BYTES_MAX, STORE_MESSAGE_BYTES_MAX};
+pub use net::{ConnId, FrameKind, RECORD_FRAME_BYTES_MAX, STORE_MESSAGE_BYTES_MAX};
 pub use seal::SealError;
 pub use services::{COUNTERS_MAX, InstanceServices, SLOTS_MAX, UNRECORDED_SEALS_MAX};
+pub use store::{ADMISSION_WINDOW, StoreStatus};
 
 /// How long the SM waits before asking the store again after it did not answer.
 pub const STORE_RETRY: Duration = Duration::from_millis(200);
@@ -157,6 +160,23 @@ pub enum MonitorError {
     /// it); the call's result is never released.
     #[error("enclave {0} was wiped while the call ran; its result is withdrawn")]
     Withdrawn(EnclaveId),
+    /// The store could not take the request.
+    #[error("store: {0}")]
+    Store(String),
+    /// A lost enclave of a host removed from the store may be adopted only once the lease
+    /// that host may still hold has surely run out.
+    #[error(
+        "enclave {id} was lost with its host's removal; it may be adopted in {wait_ms} ms, once the removed host's lease has surely run out"
+    )]
+    AdoptionWaits {
+        /// The enclave.
+        id: EnclaveId,
+        /// How long to wait, on this SM's trusted timer.
+        wait_ms: u64,
+    },
+    /// This SM's store member does not know its store yet (it is joining or catching up).
+    #[error("this host's store member is not part of a store yet; try again shortly")]
+    StoreStarting,
     /// The store refused this SM's boot (its boot count went back): it creates, adopts and
     /// receives nothing.
     #[error(
@@ -174,11 +194,13 @@ pub struct MonitorConfig {
     pub timeouts: TimeoutConfig,
     /// Memory the host grants for enclaves (incoming migrations are refused past it).
     pub memory_budget_bytes: u64,
+    /// How the SM's store member runs (founders, lease, tick).
+    pub store: MemberConfig,
 }
 
-/// A store request's handle, for [`Monitor::handle_store_reply`].
+/// A store write's handle: the number of this SM's proposal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct RequestId(pub u64);
+pub(crate) struct RequestId(pub(crate) u64);
 
 /// Drops an instance's memory and keys, and its blobs unless they are to be kept.
 fn discard(enclave: Enclave<InstanceServices>, fate: BlobFate) {
@@ -203,12 +225,17 @@ impl Pending {
 #[non_exhaustive]
 pub enum Action {
     /// Open a connection to `peer`; then call [`Monitor::connected`] (or
-    /// [`Monitor::disconnected`] if it fails).
+    /// [`Monitor::dial_failed`] if it fails).
     Connect {
         /// The connection's id.
         conn: ConnId,
         /// The host to reach.
         peer: HostId,
+        /// Where the store's membership says it listens, if it says (a hint: the
+        /// channel's attestation decides who answers).
+        addr: Option<String>,
+        /// It will carry the store's traffic (migrations have connections of their own).
+        store: bool,
     },
     /// `conn` has frames to send: pull them with [`Monitor::poll_transmit`].
     Wake {
@@ -220,23 +247,10 @@ pub enum Action {
         /// The connection.
         conn: ConnId,
     },
-    /// Write to the store, then call [`Monitor::handle_store_reply`].
-    Store {
-        /// The request's handle.
-        request: RequestId,
-        /// The write.
-        op: LedgerOp,
-    },
-    /// Store traffic from `peer` (a Raft RPC, a forwarded write, or a reply), for the
-    /// host's store member. Replies go back with [`Monitor::send_store_on`].
-    StoreMessage {
-        /// The connection it came on.
-        conn: ConnId,
-        /// The attested peer that sent it.
-        peer: HostId,
-        /// The payload.
-        bytes: Vec<u8>,
-    },
+    /// Store this sealed record of the SM's store member durably (after every record
+    /// before it), then call [`Monitor::persisted`] with its number. A base record makes
+    /// the ones before it unneeded.
+    Persist(StoreWrite),
     /// Something for the operator.
     Event(Event),
 }
@@ -284,6 +298,22 @@ pub enum Event {
         enclave: EnclaveId,
         /// The new epoch, or why it aborted.
         outcome: Result<u64, AbortReason>,
+    },
+    /// An operator's probe of the store ([`Monitor::probe_store`]) was applied, or not.
+    StoreProbed {
+        /// The probe.
+        probe: u64,
+        /// Applied, or why not.
+        outcome: Result<(), String>,
+    },
+    /// The store's membership changed.
+    Membership(MembershipChange),
+    /// A membership request could not be carried out.
+    MembershipRefused {
+        /// The host.
+        host: HostId,
+        /// Why.
+        reason: String,
     },
     /// A peer failed attestation or broke the channel.
     PeerRefused {
@@ -415,6 +445,8 @@ enum Pending {
     Update(Life, u64),
     Booted,
     Adopt(Life),
+    /// An operator's probe of the store (a harmless write).
+    Probe(u64),
 }
 
 /// The security monitor of one host. See the crate documentation for its contract.
@@ -429,7 +461,6 @@ pub struct Monitor {
     net: net::Connections,
     migrations: migrate::Migrations,
     requests: BTreeMap<RequestId, Pending>,
-    next_request: u64,
     next_call: u64,
     /// The next resident's token.
     next_token: u64,
@@ -440,15 +471,24 @@ pub struct Monitor {
     actions: VecDeque<Action>,
     /// Whether the ledger has recorded this boot (or refused it).
     boot: BootStatus,
+    /// This SM's member of the store.
+    store: godwit_store::Member,
+    /// Hosts to add to the store once attested.
+    admitting: BTreeMap<HostId, store::Admission>,
 }
 
 impl Monitor {
-    /// Starts an SM on `hw`, storing sealed blobs through the host's `blobs`.
+    /// Starts an SM on `hw`, storing sealed blobs through the host's `blobs`, and its
+    /// store member from the `records` the host kept (oldest first). Also says what the
+    /// member found in them: refused records should be kept aside by the host.
     pub fn new(
         hw: Arc<dyn Hardware>,
         blobs: Arc<dyn BlobStore>,
         config: MonitorConfig,
-    ) -> Result<Self, MonitorError> {
+        records: &[Vec<u8>],
+    ) -> Result<(Self, Opened), MonitorError> {
+        let (store, opened) =
+            godwit_store::Member::open(Arc::clone(&hw), config.store.clone(), records);
         let mut sm = Self {
             hw,
             runtime: Runtime::new()?,
@@ -460,13 +500,14 @@ impl Monitor {
             net: net::Connections::default(),
             migrations: migrate::Migrations::default(),
             requests: BTreeMap::new(),
-            next_request: 0,
             next_call: 0,
             next_token: 0,
             nonce: 0,
             retries: Vec::new(),
             actions: VecDeque::new(),
             boot: BootStatus::Announced,
+            store,
+            admitting: BTreeMap::new(),
         };
         let mut nonce = [0u8; 8];
         sm.hw.fill_random(&mut nonce);
@@ -474,12 +515,19 @@ impl Monitor {
         // First thing a new boot does: tell the ledger, so that what this host ran under
         // an earlier boot is recorded lost rather than believed running.
         sm.announce_boot();
-        Ok(sm)
+        Ok((sm, opened))
     }
 
-    /// The hardware component this SM runs on.
-    pub fn hardware(&self) -> &Arc<dyn Hardware> {
-        &self.hw
+    /// How long until [`Monitor::poll_timeout`], on the SM's trusted timer (the host sleeps
+    /// that long; it cannot read the trusted timer itself).
+    pub fn timeout_in(&self) -> Option<Duration> {
+        let at = self.poll_timeout()?;
+        Some(at.duration_since(self.hw.now()).unwrap_or(Duration::ZERO))
+    }
+
+    /// This SM's boot count (from its component), for the operator.
+    pub fn boot_count(&self) -> u64 {
+        self.hw.boot_epoch().count()
     }
 
     /// Whether the store refused this SM's boot as stale (its component's boot count went
@@ -495,6 +543,9 @@ impl Monitor {
 
     /// The next thing the host must do, if any.
     pub fn poll_action(&mut self) -> Option<Action> {
+        if self.actions.is_empty() {
+            self.pump_store();
+        }
         self.actions.pop_front()
     }
 
@@ -525,11 +576,17 @@ impl Monitor {
         self.enclaves.get(&id).is_some_and(|r| r.token == token)
     }
 
+    /// Proposes `op` to the store; its outcome comes from this SM's own applied log.
     fn store(&mut self, pending: Pending, op: LedgerOp) {
-        let request = RequestId(self.next_request);
-        self.next_request += 1;
-        self.requests.insert(request, pending);
-        self.actions.push_back(Action::Store { request, op });
+        match self.store.propose(op.clone()) {
+            Ok(seq) => {
+                self.requests.insert(RequestId(seq), pending);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "store busy; asking again later");
+                self.store_later(pending, op);
+            }
+        }
     }
 
     /// Instances of the application `app` on this host, in any state, including incoming
@@ -752,8 +809,9 @@ impl Monitor {
             .and_then(|e| e.services().last_refusal.clone()))
     }
 
-    /// The store answered (or failed to answer) request `request`.
-    pub fn handle_store_reply(&mut self, request: RequestId, reply: StoreReply) {
+    /// The store answered (or failed to answer) request `request`, as this SM's member
+    /// applied it.
+    fn store_reply(&mut self, request: RequestId, reply: StoreReply) {
         let Some(pending) = self.requests.remove(&request) else {
             return;
         };
@@ -775,6 +833,16 @@ impl Monitor {
             Pending::Update(life, seq) => self.updated(life, seq, reply),
             Pending::Booted => self.booted(reply),
             Pending::Adopt(life) => self.adopted(life, reply),
+            Pending::Probe(probe) => {
+                let outcome = match reply {
+                    StoreReply::Outcome(LedgerOutcome::Applied(_)) => Ok(()),
+                    StoreReply::Outcome(LedgerOutcome::Refused { reason, .. }) => {
+                        Err(reason.to_string())
+                    }
+                    StoreReply::Unavailable(why) => Err(why),
+                };
+                self.event(Event::StoreProbed { probe, outcome });
+            }
         }
         self.check_invariants();
     }
@@ -834,6 +902,8 @@ impl Monitor {
             .timeouts()
             .chain(self.migrations.timeouts())
             .chain(retries)
+            .chain(self.admitting.values().filter_map(|a| a.redial))
+            .chain(std::iter::once(self.store.poll_timeout()))
         {
             earliest = Some(match earliest {
                 Some(e) if e.is_at_or_after(t).unwrap_or(false) => t,
@@ -848,7 +918,9 @@ impl Monitor {
     /// itself: the host can make it late, never early).
     pub fn handle_timeout(&mut self) {
         let now = self.hw.now();
+        self.store.handle_timeout();
         self.net_timeouts(now);
+        self.admission_timeouts(now);
         self.migration_timeouts(now);
         let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.retries)
             .into_iter()
@@ -888,6 +960,7 @@ impl Monitor {
                 r.state
             );
         }
+        self.store.check_invariants();
         for (app, (present, limit)) in per_app {
             let reserved = u32::try_from(self.migrations.reserved_for(&app)).unwrap_or(u32::MAX);
             assert!(

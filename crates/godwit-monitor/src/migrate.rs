@@ -144,6 +144,9 @@ impl Monitor {
         if to == *self.host() {
             return Err(MonitorError::BadDestination(to));
         }
+        if self.cluster().is_none() {
+            return Err(MonitorError::StoreStarting);
+        }
         let mut id = [0u8; 16];
         self.hw.fill_random(&mut id);
         let migration = MigrationId(id);
@@ -233,6 +236,7 @@ impl Monitor {
             counters: u32::try_from(seen.counters.len()).expect("counter count bounded"),
             epoch: r.epoch,
             incarnation: r.incarnation,
+            cluster: self.cluster().unwrap_or_default(),
         };
         let machine = Outgoing::start(
             self.hw.now(),
@@ -358,6 +362,11 @@ impl Monitor {
             crate::BootStatus::Recorded => {}
             crate::BootStatus::Announced => return Err(RefuseReason::Starting),
             crate::BootStatus::Stale => return Err(RefuseReason::StaleBoot),
+        }
+        match self.cluster() {
+            None => return Err(RefuseReason::Starting),
+            Some(c) if c != p.cluster => return Err(RefuseReason::ForeignStore),
+            Some(_) => {}
         }
         if self.migrations.inc.contains_key(&p.migration) {
             return invalid("a migration with this id is already under way");

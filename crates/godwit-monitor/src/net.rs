@@ -17,14 +17,28 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Action, Event, Monitor};
 
-/// What a channel record carries: a migration message, or store traffic (Raft RPCs and
-/// forwarded writes), opaque to the SM's migration code and handed to the host's store
-/// member as [`Action::StoreMessage`].
+/// What a channel record carries: a migration message, or store traffic for the SM's own
+/// store member (a message of up to [`STORE_MESSAGE_BYTES_MAX`], cut into records: every
+/// part but the last is a `StorePart`).
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum ChannelMessage<'a> {
     #[serde(borrow)]
     Migration(Message<'a>),
     Store(#[serde(with = "serde_bytes")] &'a [u8]),
+    StorePart(#[serde(with = "serde_bytes")] &'a [u8]),
+}
+
+/// What a frame from [`Monitor::poll_transmit_tagged`] carries (its size tells as much to
+/// anyone on the wire; this is for the host's bookkeeping and tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FrameKind {
+    /// A handshake message.
+    Handshake,
+    /// Migration traffic.
+    Migration,
+    /// Store traffic.
+    Store,
 }
 
 /// The encoding of `ChannelMessage::Migration(m)` is this byte followed by `m`'s encoding
@@ -38,8 +52,13 @@ const SMALL_FRAME_BYTES: usize = 64 * 1024;
 /// one buffer is out while the next is sealed; more would only hold memory.
 const POOL_BUFFERS_MAX: usize = 2;
 
-/// Largest store payload one record carries.
-pub const STORE_MESSAGE_BYTES_MAX: usize = MESSAGE_BYTES_MAX - 16;
+/// Largest store message; it travels cut into parts of at most one record each.
+pub const STORE_MESSAGE_BYTES_MAX: usize = godwit_store::STORE_MESSAGE_BYTES_MAX;
+/// The store bytes one record carries.
+const STORE_PART_BYTES: usize = MESSAGE_BYTES_MAX - 64;
+/// Store bytes queued for one connection at most (sent, or waiting for it to open);
+/// past it, store messages are dropped (Raft asks again).
+const STORE_QUEUED_BYTES_MAX: usize = 2 * STORE_MESSAGE_BYTES_MAX;
 
 /// Largest frame on an open channel: one record of the largest payload.
 pub const RECORD_FRAME_BYTES_MAX: usize = RECORD_PAYLOAD_BYTES_MAX + RECORD_OVERHEAD_BYTES;
@@ -67,8 +86,13 @@ pub(crate) struct Conn {
     /// The host dialled (for outbound connections) or verified (once open).
     peer: Option<HostId>,
     dialled: bool,
+    /// It carries the store's traffic (and no migration): Raft's heartbeats never wait
+    /// behind a migration's records.
+    store: bool,
     state: State,
-    outbox: VecDeque<Vec<u8>>,
+    outbox: VecDeque<(Vec<u8>, FrameKind)>,
+    /// Bytes of store frames in the outbox.
+    store_queued: usize,
     started: TrustedInstant,
     handshake_deadline: Deadline,
     /// How long the handshake took, once open.
@@ -76,7 +100,9 @@ pub(crate) struct Conn {
     /// Record buffers to reuse (bulk frames come back through [`Monitor::recycle`]).
     pool: Vec<Vec<u8>>,
     /// Store traffic waiting for the channel to open.
-    pending_store: Vec<Vec<u8>>,
+    pending_store: VecDeque<Vec<u8>>,
+    /// A store message arriving in parts.
+    reassembly: Vec<u8>,
 }
 
 #[cfg(test)]
@@ -102,7 +128,15 @@ mod tests {
 pub(crate) struct Connections {
     conns: BTreeMap<ConnId, Conn>,
     next: u64,
+    /// Peers whose store connection failed to open: not dialled for the store again
+    /// before this time (their messages are dropped meanwhile; Raft sends again).
+    store_backoff: BTreeMap<HostId, TrustedInstant>,
 }
+
+/// Most peers remembered as unreachable (the store's members are far fewer).
+const STORE_BACKOFF_PEERS_MAX: usize = 256;
+/// How long the store waits before dialling again a peer it could not reach.
+const STORE_REDIAL_BACKOFF: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl Connections {
     pub(crate) fn timeouts(&self) -> impl Iterator<Item = TrustedInstant> + '_ {
@@ -134,7 +168,13 @@ impl Connections {
 }
 
 impl Monitor {
-    fn new_conn(&mut self, peer: Option<HostId>, dialled: bool, state: State) -> ConnId {
+    fn new_conn(
+        &mut self,
+        peer: Option<HostId>,
+        dialled: bool,
+        store: bool,
+        state: State,
+    ) -> ConnId {
         let now = self.hw.now();
         let id = ConnId(self.net.next);
         self.net.next += 1;
@@ -143,32 +183,65 @@ impl Monitor {
             Conn {
                 peer,
                 dialled,
+                store,
                 state,
                 outbox: VecDeque::new(),
+                store_queued: 0,
                 started: now,
                 handshake_deadline: Deadline::after(now, self.config.timeouts.handshake_terms()),
                 attest: None,
                 pool: Vec::new(),
-                pending_store: Vec::new(),
+                pending_store: VecDeque::new(),
+                reassembly: Vec::new(),
             },
         );
         id
     }
 
-    /// An outbound connection to `peer`, reusing one that is open or being opened.
+    /// An outbound connection to `peer` for migrations, reusing one that is open or being
+    /// opened.
     pub(crate) fn dial(&mut self, peer: &HostId) -> ConnId {
         if let Some((&id, _)) = self
             .net
             .conns
             .iter()
-            .find(|(_, c)| c.dialled && c.peer.as_ref() == Some(peer))
+            .find(|(_, c)| c.dialled && !c.store && c.peer.as_ref() == Some(peer))
         {
             return id;
         }
-        let id = self.new_conn(Some(peer.clone()), true, State::Dialing);
+        self.new_dial(peer, false)
+    }
+
+    /// A connection to `peer` for the store's traffic: one that carries it already (either
+    /// way, open or being opened), or a new one.
+    fn dial_store(&mut self, peer: &HostId) -> ConnId {
+        let found = self
+            .net
+            .conns
+            .iter()
+            .filter(|(_, c)| c.store && c.peer.as_ref() == Some(peer))
+            .min_by_key(|(_, c)| !matches!(c.state, State::Open(_)))
+            .map(|(&id, _)| id);
+        found.unwrap_or_else(|| self.new_dial(peer, true))
+    }
+
+    fn new_dial(&mut self, peer: &HostId, store: bool) -> ConnId {
+        let id = self.new_conn(Some(peer.clone()), true, store, State::Dialing);
+        let addr = self
+            .admitting
+            .get(peer)
+            .map(|a| a.addr.clone())
+            .or_else(|| {
+                self.store_members()
+                    .into_iter()
+                    .find(|m| m.host == *peer && !m.addr.is_empty())
+                    .map(|m| m.addr)
+            });
         self.actions.push_back(Action::Connect {
             conn: id,
             peer: peer.clone(),
+            addr,
+            store,
         });
         id
     }
@@ -184,18 +257,19 @@ impl Monitor {
         };
         let (next, hello) = Initiator::start(self.hw.clone(), self.policy.clone(), peer);
         c.state = State::AwaitServerHello(Box::new(next));
-        c.outbox.push_back(hello);
+        c.outbox.push_back((hello, FrameKind::Handshake));
         self.actions.push_back(Action::Wake { conn });
     }
 
     /// The host accepted an inbound connection; returns the id to use for it.
     pub fn accept(&mut self) -> ConnId {
-        self.new_conn(None, false, State::AwaitClientHello)
+        self.new_conn(None, false, false, State::AwaitClientHello)
     }
 
     /// The host's connection ended (or could not be made).
     pub fn disconnected(&mut self, conn: ConnId) {
-        if self.net.conns.remove(&conn).is_some() {
+        if let Some(c) = self.net.conns.remove(&conn) {
+            self.never_opened(&c, "the connection ended before the peer attested");
             self.connection_lost(conn, None);
             self.check_invariants();
         }
@@ -204,16 +278,40 @@ impl Monitor {
     /// The host could not connect `conn` to its peer, for the reason `why` (a migration
     /// waiting for it fails naming it); otherwise as [`Monitor::disconnected`].
     pub fn dial_failed(&mut self, conn: ConnId, why: String) {
-        if self.net.conns.remove(&conn).is_some() {
+        if let Some(c) = self.net.conns.remove(&conn) {
+            self.never_opened(&c, &why);
             self.connection_lost(conn, Some(AbortReason::Unreachable(why)));
             self.check_invariants();
+        }
+    }
+
+    /// A dialled connection that closes before it opened: a host the operator asked to
+    /// add could not be attested.
+    fn never_opened(&mut self, c: &Conn, why: &str) {
+        if let (true, true, false, Some(peer)) = (
+            c.dialled,
+            c.store,
+            matches!(c.state, State::Open(_)),
+            &c.peer,
+        ) {
+            if self.net.store_backoff.len() >= STORE_BACKOFF_PEERS_MAX {
+                self.net.store_backoff.pop_first();
+            }
+            let until = self.hw.now().saturating_add(STORE_REDIAL_BACKOFF);
+            self.net.store_backoff.insert(peer.clone(), until);
+        }
+        if let (true, false, Some(peer)) = (c.dialled, matches!(c.state, State::Open(_)), &c.peer) {
+            let peer = peer.clone();
+            self.admission_failed(&peer, why);
         }
     }
 
     /// Gives up a connection: tells the host to close it and fails what depended on it.
     fn drop_conn(&mut self, conn: ConnId, reason: String) {
         tracing::warn!(%conn, %reason, "closing connection");
-        self.net.conns.remove(&conn);
+        if let Some(c) = self.net.conns.remove(&conn) {
+            self.never_opened(&c, &reason);
+        }
         self.actions.push_back(Action::Close { conn });
         self.event(Event::PeerRefused {
             conn,
@@ -226,16 +324,24 @@ impl Monitor {
     /// first, then migration data as the host asks for it (so the host's socket paces the
     /// transfer).
     pub fn poll_transmit(&mut self, conn: ConnId) -> Option<Vec<u8>> {
+        self.poll_transmit_tagged(conn).map(|(frame, _)| frame)
+    }
+
+    /// As [`Monitor::poll_transmit`], with what the frame carries.
+    pub fn poll_transmit_tagged(&mut self, conn: ConnId) -> Option<(Vec<u8>, FrameKind)> {
         let c = self.net.conns.get_mut(&conn)?;
-        if let Some(frame) = c.outbox.pop_front() {
-            return Some(frame);
+        if let Some((frame, kind)) = c.outbox.pop_front() {
+            if kind == FrameKind::Store {
+                c.store_queued = c.store_queued.saturating_sub(frame.len());
+            }
+            return Some((frame, kind));
         }
         if !matches!(c.state, State::Open(_)) {
             return None;
         }
         let frame = self.poll_migration_data(conn);
         self.check_invariants();
-        frame
+        frame.map(|f| (f, FrameKind::Migration))
     }
 
     /// Seals one data record carrying whatever `fill` encodes into the payload area, in a
@@ -285,47 +391,101 @@ impl Monitor {
 
     /// Encodes a control message into a sealed record on `conn`'s outbox.
     pub(crate) fn send_message(&mut self, conn: ConnId, msg: &Message<'_>) {
-        self.send_channel(conn, &ChannelMessage::Migration(msg.clone()), msg.kind());
+        let what = msg.kind();
+        self.send_channel(
+            conn,
+            &ChannelMessage::Migration(msg.clone()),
+            what,
+            FrameKind::Migration,
+        );
     }
 
-    fn send_channel(&mut self, conn: ConnId, msg: &ChannelMessage<'_>, what: &str) {
+    fn send_channel(
+        &mut self,
+        conn: ConnId,
+        msg: &ChannelMessage<'_>,
+        what: &str,
+        kind: FrameKind,
+    ) {
         let Some(c) = self.net.conns.get_mut(&conn) else {
             return;
         };
         let frame = Self::seal_into_frame(c, |_, out| godwit_wire::encode_into(msg, out).ok());
         match frame {
             Some(frame) => {
-                c.outbox.push_back(frame);
+                if kind == FrameKind::Store {
+                    c.store_queued += frame.len();
+                }
+                c.outbox.push_back((frame, kind));
                 self.actions.push_back(Action::Wake { conn });
             }
             None => self.drop_conn(conn, format!("cannot send {what}")),
         }
     }
 
-    /// Sends store traffic (a Raft RPC or a forwarded write) to `peer` over the attested
-    /// channel, dialling it if needed; it waits in the SM until the channel opens. Returns
-    /// the connection, or `None` if the payload is too large for one record.
-    pub fn send_store(&mut self, peer: &HostId, bytes: &[u8]) -> Option<ConnId> {
+    /// Sends a store message from this SM's member to `peer`'s, over the attested channel
+    /// (dialling it if needed; the message waits in the SM until the channel opens). Past
+    /// [`STORE_QUEUED_BYTES_MAX`] queued for the peer, it is dropped: Raft sends again.
+    pub(crate) fn send_store(&mut self, peer: &HostId, bytes: &[u8]) {
         if bytes.len() > STORE_MESSAGE_BYTES_MAX {
-            return None;
+            tracing::warn!(%peer, bytes = bytes.len(), "a store message over the limit; dropped");
+            return;
         }
-        let conn = self.dial(peer);
-        if self.net.is_open(conn) {
-            self.send_channel(conn, &ChannelMessage::Store(bytes), "store message");
-        } else if let Some(c) = self.net.conns.get_mut(&conn) {
-            c.pending_store.push(bytes.to_vec());
+        let now = self.hw.now();
+        let has_conn = self
+            .net
+            .conns
+            .values()
+            .any(|c| c.store && c.peer.as_ref() == Some(peer));
+        if !has_conn && let Some(until) = self.net.store_backoff.get(peer) {
+            if !now.is_at_or_after(*until).unwrap_or(true) {
+                return;
+            }
+            self.net.store_backoff.remove(peer);
         }
-        Some(conn)
+        let conn = self.dial_store(peer);
+        let Some(c) = self.net.conns.get_mut(&conn) else {
+            return;
+        };
+        let queued = c.store_queued + c.pending_store.iter().map(Vec::len).sum::<usize>();
+        if queued + bytes.len() > STORE_QUEUED_BYTES_MAX {
+            tracing::debug!(%peer, "the store's queue to the peer is full; a message dropped");
+            return;
+        }
+        if !matches!(c.state, State::Open(_)) {
+            c.pending_store.push_back(bytes.to_vec());
+            return;
+        }
+        let mut parts = bytes.chunks(STORE_PART_BYTES).peekable();
+        while let Some(part) = parts.next() {
+            let msg = if parts.peek().is_some() {
+                ChannelMessage::StorePart(part)
+            } else {
+                ChannelMessage::Store(part)
+            };
+            self.send_channel(conn, &msg, "store message", FrameKind::Store);
+        }
     }
 
-    /// Sends store traffic on a given connection (a reply); `false` if it is not open or
-    /// the payload too large.
-    pub fn send_store_on(&mut self, conn: ConnId, bytes: &[u8]) -> bool {
-        if bytes.len() > STORE_MESSAGE_BYTES_MAX || !self.net.is_open(conn) {
-            return false;
+    /// One part of a store message from `peer` on `conn`; the whole message goes to the
+    /// member once its last part arrived.
+    fn store_part(&mut self, conn: ConnId, peer: &HostId, part: &[u8], last: bool) {
+        let Some(c) = self.net.conns.get_mut(&conn) else {
+            return;
+        };
+        // The peer's store talks on this connection: so does this one's.
+        c.store = true;
+        if c.reassembly.len() + part.len() > STORE_MESSAGE_BYTES_MAX {
+            return self.drop_conn(conn, format!("a store message from {peer} over the limit"));
         }
-        self.send_channel(conn, &ChannelMessage::Store(bytes), "store message");
-        true
+        c.reassembly.extend_from_slice(part);
+        if !last {
+            return;
+        }
+        let message = std::mem::take(&mut c.reassembly);
+        if let Err(e) = self.store.step(peer, &message) {
+            tracing::warn!(%peer, error = %e, "a store message refused");
+        }
     }
 
     /// The largest frame the host may read next on `conn`: a handshake message until the
@@ -361,12 +521,11 @@ impl Monitor {
                             Ok(ChannelMessage::Migration(msg)) => {
                                 self.dispatch(conn, &peer, msg, &chain_before)
                             }
-                            Ok(ChannelMessage::Store(bytes)) => {
-                                self.actions.push_back(Action::StoreMessage {
-                                    conn,
-                                    peer,
-                                    bytes: bytes.to_vec(),
-                                })
+                            Ok(ChannelMessage::Store(part)) => {
+                                self.store_part(conn, &peer, part, true)
+                            }
+                            Ok(ChannelMessage::StorePart(part)) => {
+                                self.store_part(conn, &peer, part, false)
                             }
                             Err(e) => self
                                 .drop_conn(conn, format!("undecodable message from {peer}: {e}")),
@@ -411,17 +570,35 @@ impl Monitor {
                 let opened = matches!(next, State::Open(_));
                 c.state = next;
                 if let Some(reply) = reply {
-                    c.outbox.push_back(reply);
+                    c.outbox.push_back((reply, FrameKind::Handshake));
                     self.actions.push_back(Action::Wake { conn });
                 }
                 if opened {
-                    for bytes in std::mem::take(&mut c.pending_store) {
-                        self.send_channel(conn, &ChannelMessage::Store(&bytes), "store message");
+                    let peer = c.peer.clone();
+                    let pending = std::mem::take(&mut c.pending_store);
+                    if let Some(peer) = peer {
+                        for bytes in pending {
+                            self.send_store(&peer, &bytes);
+                        }
+                        self.admit(&peer);
                     }
                     self.connection_opened(conn);
                 }
             }
-            Err(e) => self.drop_conn(conn, format!("attestation failed: {e}")),
+            Err(e) => {
+                let why = format!("attestation failed: {e}");
+                // A host that answers and fails attestation is not admitted (no retry).
+                if let Some(peer) = self
+                    .net
+                    .conns
+                    .get(&conn)
+                    .filter(|c| c.dialled)
+                    .and_then(|c| c.peer.clone())
+                {
+                    self.admission_refused(&peer, &why);
+                }
+                self.drop_conn(conn, why)
+            }
         }
     }
 

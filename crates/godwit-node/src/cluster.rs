@@ -10,7 +10,7 @@ use godwit_hw::{IdentityError, Manufacturer};
 use godwit_proto::TimeoutConfig;
 use godwit_wire::HostId;
 
-use crate::config::{ControlConfig, NodeConfig, PeerConfig, PolicyConfig};
+use crate::config::{ControlConfig, NodeConfig, PeerConfig, PolicyConfig, StoreConfig};
 
 /// Why a cluster could not be laid out.
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +86,16 @@ pub fn free_base_port(hosts: usize) -> Option<u16> {
     None
 }
 
+/// K of a host named `hostK` (others sort last).
+fn host_number(id: &HostId) -> (usize, String) {
+    let k = id
+        .as_str()
+        .strip_prefix("host")
+        .and_then(|k| k.parse().ok())
+        .unwrap_or(usize::MAX);
+    (k, id.to_string())
+}
+
 /// The name of the K-th host (1-based).
 pub fn host_name(k: usize) -> String {
     format!("host{k}")
@@ -114,7 +124,6 @@ pub fn init(dir: &Path, hosts: usize, base_port: u16) -> Result<Vec<PathBuf>, Cl
     let all: Vec<PeerConfig> = (1..=hosts)
         .map(|k| PeerConfig {
             id: HostId::new(host_name(k)).expect("valid host name"),
-            node_id: k as u64,
             addr: addr(k),
         })
         .collect();
@@ -135,7 +144,6 @@ pub fn init(dir: &Path, hosts: usize, base_port: u16) -> Result<Vec<PathBuf>, Cl
         )?;
         let config = NodeConfig {
             id: me.id.clone(),
-            node_id: me.node_id,
             listen: me.addr.clone(),
             data_dir: PathBuf::from(name),
             memory_budget_mib: 8192,
@@ -149,6 +157,9 @@ pub fn init(dir: &Path, hosts: usize, base_port: u16) -> Result<Vec<PathBuf>, Cl
                 allowed_hosts: None,
             },
             timeouts: TimeoutConfig::default(),
+            store: StoreConfig {
+                founders: all.iter().map(|p| p.id.clone()).collect(),
+            },
             peers: all.iter().filter(|p| p.id != me.id).cloned().collect(),
         };
         let path = dir.join(format!("{name}.toml"));
@@ -170,10 +181,11 @@ mod tests {
         assert_eq!(files.len(), 3);
         let cfg = NodeConfig::load(&files[1]).unwrap();
         assert_eq!(
-            (cfg.id.as_str(), cfg.node_id, cfg.listen.as_str()),
-            ("host2", 2, "127.0.0.1:7202")
+            (cfg.id.as_str(), cfg.listen.as_str()),
+            ("host2", "127.0.0.1:7202")
         );
         assert_eq!(cfg.peers.len(), 2);
+        assert_eq!(cfg.store.founders.len(), 3);
         godwit_hw::DeviceIdentity::load(&cfg.identity_dir()).unwrap();
         assert!(matches!(
             init(&dir, 3, 7200),
@@ -193,8 +205,6 @@ pub struct NewHost {
     pub config: PathBuf,
     /// Its host id.
     pub id: HostId,
-    /// Its store member id.
-    pub node_id: u64,
     /// Its listen address.
     pub addr: String,
 }
@@ -214,7 +224,7 @@ pub fn configs(dir: &Path) -> Result<Vec<(PathBuf, NodeConfig)>, ClusterError> {
             out.push((path, cfg));
         }
     }
-    out.sort_by_key(|(_, c)| c.node_id);
+    out.sort_by_key(|(_, c)| host_number(&c.id));
     Ok(out)
 }
 
@@ -231,15 +241,20 @@ pub fn add(dir: &Path) -> Result<NewHost, ClusterError> {
             dir.display()
         )));
     };
-    let node_id = existing.iter().map(|(_, c)| c.node_id).max().unwrap_or(0) + 1;
+    let k = existing
+        .iter()
+        .map(|(_, c)| host_number(&c.id).0)
+        .filter(|&k| k != usize::MAX)
+        .max()
+        .unwrap_or(0)
+        + 1;
     let port = existing
         .iter()
         .filter_map(|(_, c)| c.listen.rsplit_once(':')?.1.parse::<u16>().ok())
         .max()
         .and_then(|p| p.checked_add(1))
         .ok_or_else(|| ClusterError::Invalid("no port left".into()))?;
-    let id = HostId::new(host_name(node_id as usize))
-        .map_err(|e| ClusterError::Invalid(e.to_string()))?;
+    let id = HostId::new(host_name(k)).map_err(|e| ClusterError::Invalid(e.to_string()))?;
     let addr = format!("127.0.0.1:{port}");
     let manufacturer = Manufacturer::load(&dir.join("manufacturer"))?;
     let name = id.as_str();
@@ -257,7 +272,6 @@ pub fn add(dir: &Path) -> Result<NewHost, ClusterError> {
     )?;
     let config = NodeConfig {
         id: id.clone(),
-        node_id,
         listen: addr.clone(),
         data_dir: PathBuf::from(name),
         memory_budget_mib: first.memory_budget_mib,
@@ -267,11 +281,12 @@ pub fn add(dir: &Path) -> Result<NewHost, ClusterError> {
         },
         policy: first.policy.clone(),
         timeouts: first.timeouts.clone(),
+        // It joins the store that exists: a member adds it.
+        store: StoreConfig::default(),
         peers: existing
             .iter()
             .map(|(_, c)| PeerConfig {
                 id: c.id.clone(),
-                node_id: c.node_id,
                 addr: c.listen.clone(),
             })
             .collect(),
@@ -280,7 +295,7 @@ pub fn add(dir: &Path) -> Result<NewHost, ClusterError> {
     write_private(&path, config.to_toml().as_bytes())?;
     for (other, _) in &existing {
         let before = fs::read_to_string(other).map_err(io(other))?;
-        let entry = format!("\n[[peers]]\nid = \"{id}\"\nnode_id = {node_id}\naddr = \"{addr}\"\n");
+        let entry = format!("\n[[peers]]\nid = \"{id}\"\naddr = \"{addr}\"\n");
         fs::write(other, format!("{before}{entry}")).map_err(io(other))?;
         if let Err(e) = NodeConfig::load(other) {
             fs::write(other, before).map_err(io(other))?;
@@ -293,7 +308,6 @@ pub fn add(dir: &Path) -> Result<NewHost, ClusterError> {
     Ok(NewHost {
         config: path,
         id,
-        node_id,
         addr,
     })
 }

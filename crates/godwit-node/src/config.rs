@@ -47,8 +47,6 @@ pub enum ConfigError {
 pub struct PeerConfig {
     /// Its host id (as certified in its device certificate).
     pub id: HostId,
-    /// Its store member id.
-    pub node_id: u64,
     /// The address its SM listens on.
     pub addr: String,
 }
@@ -76,14 +74,24 @@ pub struct PolicyConfig {
     pub allowed_hosts: Option<Vec<HostId>>,
 }
 
+/// How this host's SM takes part in the store.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// The hosts that found the store together (`cluster init` lists them all, this one
+    /// among them). Their SMs write the same first configuration, so the store starts
+    /// without anyone adding anyone. Empty (a host added later): the SM joins the store
+    /// once a member adds it. Only an SM that never wrote a store record founds.
+    #[serde(default)]
+    pub founders: Vec<HostId>,
+}
+
 /// A host's configuration file (`hostK.toml`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     /// This host's id; must match its device certificate.
     pub id: HostId,
-    /// Its store member id.
-    pub node_id: u64,
     /// The address other SMs dial.
     pub listen: String,
     /// Where identity, sealed blobs and the store live.
@@ -99,6 +107,9 @@ pub struct NodeConfig {
     /// Deadline terms.
     #[serde(default)]
     pub timeouts: TimeoutConfig,
+    /// The store.
+    #[serde(default)]
+    pub store: StoreConfig,
     /// The other hosts.
     #[serde(default)]
     pub peers: Vec<PeerConfig>,
@@ -179,12 +190,29 @@ impl NodeConfig {
             if p.id == self.id || self.peers[..i].iter().any(|q| q.id == p.id) {
                 return field(&format!("peers[{i}].id"), format!("{} appears twice", p.id));
             }
-            if p.node_id == self.node_id || self.peers[..i].iter().any(|q| q.node_id == p.node_id) {
+        }
+        for (i, f) in self.store.founders.iter().enumerate() {
+            if self.store.founders[..i].contains(f) {
                 return field(
-                    &format!("peers[{i}].node_id"),
-                    format!("{} appears twice", p.node_id),
+                    &format!("store.founders[{i}]"),
+                    format!("{f} appears twice"),
                 );
             }
+            if *f != self.id && self.peer(f).is_none() {
+                return field(
+                    &format!("store.founders[{i}]"),
+                    format!("{f} is not this host nor one of its peers (its address is needed)"),
+                );
+            }
+        }
+        if !self.store.founders.is_empty() && !self.store.founders.contains(&self.id) {
+            return field(
+                "store.founders",
+                format!(
+                    "lists founders but not this host ({}); leave it empty to join a store",
+                    self.id
+                ),
+            );
         }
         self.policy().map_err(|(f, r)| (format!("policy.{f}"), r))?;
         if self.memory_budget_mib == 0 {
@@ -251,9 +279,9 @@ impl NodeConfig {
         self.data_dir.join("blobs")
     }
 
-    /// The store member's database.
-    pub fn store_path(&self) -> PathBuf {
-        self.data_dir.join("store.redb")
+    /// Where the SM's store records are kept.
+    pub fn store_dir(&self) -> PathBuf {
+        self.data_dir.join("store")
     }
 }
 
@@ -266,7 +294,6 @@ mod tests {
         format!(
             r#"
 id = "host1"
-node_id = 1
 listen = "127.0.0.1:7101"
 data_dir = "host1"
 [control]
@@ -277,8 +304,9 @@ manufacturer_roots = ["{root}"]
 allowed_sm = ["{}"]
 [[peers]]
 id = "host2"
-node_id = 2
 addr = "127.0.0.1:7102"
+[store]
+founders = ["host1", "host2"]
 "#,
             Measurement([2; 32])
         )
@@ -297,7 +325,11 @@ addr = "127.0.0.1:7102"
         assert_eq!(cfg.id.as_str(), "host1");
         assert!(cfg.data_dir.is_absolute());
         assert_eq!(cfg.timeouts, TimeoutConfig::default());
-        assert_eq!(cfg.peer(&HostId::new("host2").unwrap()).unwrap().node_id, 2);
+        assert_eq!(
+            cfg.peer(&HostId::new("host2").unwrap()).unwrap().addr,
+            "127.0.0.1:7102"
+        );
+        assert_eq!(cfg.store.founders.len(), 2);
     }
 
     #[test]
@@ -306,8 +338,16 @@ addr = "127.0.0.1:7102"
             (sample().replace("127.0.0.1:7101", "nowhere"), "`listen`"),
             (sample().replace("127.0.0.1:7102", "x"), "`peers[0].addr`"),
             (
-                sample().replace("node_id = 2", "node_id = 1"),
-                "`peers[0].node_id`",
+                sample().replace("id = \"host2\"\naddr", "id = \"host1\"\naddr"),
+                "`peers[0].id`",
+            ),
+            (
+                sample().replace("[\"host1\", \"host2\"]", "[\"host1\", \"host3\"]"),
+                "`store.founders[1]`",
+            ),
+            (
+                sample().replace("[\"host1\", \"host2\"]", "[\"host2\"]"),
+                "`store.founders`",
             ),
             (
                 sample().replace("manufacturer_roots = [\"", "manufacturer_roots = [\"zz"),
@@ -315,8 +355,8 @@ addr = "127.0.0.1:7102"
             ),
             (sample().replace("listen =", "lissen ="), "lissen"),
             (
-                sample().replace("node_id = 1\n", "node_id = \"one\"\n"),
-                "node_id",
+                sample().replace("listen = \"127.0.0.1:7101\"", "listen = 7101"),
+                "listen",
             ),
             (sample().replace("id = \"host1\"", "id = \"host/1\""), "id"),
         ];

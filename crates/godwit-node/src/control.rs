@@ -63,12 +63,12 @@ pub enum Command {
         /// The host to empty (must be the host asked).
         host: String,
     },
-    /// Add a host to the store's membership (a learner, then a voter).
+    /// Add a host to the store's membership: this host's SM attests it (trying for a
+    /// while if it is not up yet), then proposes it as a learner; it becomes a voter once
+    /// it caught up.
     AddMember {
         /// Its host id.
         host: String,
-        /// Its member id.
-        node_id: u64,
         /// Its listen address.
         addr: String,
     },

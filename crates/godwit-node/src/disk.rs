@@ -8,19 +8,6 @@ use std::path::{Path, PathBuf};
 use godwit_monitor::{BlobStore, HostError};
 use godwit_wire::EnclaveId;
 
-/// Makes sure the file at `path` exists and only its owner may read or write it (a file
-/// another program creates there, e.g. the store's database, would otherwise take the
-/// umask's mode).
-pub(crate) fn private_file(path: &Path) -> std::io::Result<()> {
-    fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(path)?;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
-}
-
 /// Sealed blobs under a directory: `DIR/<enclave>/<slot>@<version>`. The SM checks everything read
 /// back; this only has to be durable (write, fsync, rename).
 pub struct DirBlobStore {

@@ -1,5 +1,5 @@
 //! Counters a host keeps from its start: how its migrations ended and what they moved, and
-//! how its store writes went. `status --json` carries them under `metrics`, and
+//! what it wrote to disk for its SM's store member. `status --json` carries them under `metrics`, and
 //! `godwit metrics` prints them in the Prometheus text format. This is the host's own
 //! bookkeeping of what its SM reported; nothing here is trusted.
 
@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use godwit_monitor::Event;
-use godwit_proto::{LedgerOutcome, StoreReply};
 use serde_json::{Value, json};
 
 /// The outcome name of a migration that committed (the others are abort codes).
@@ -27,10 +26,12 @@ pub(crate) struct Metrics {
     out_downtime: Duration,
     /// Peers refused (failed attestation or a broken channel).
     peers_refused: u64,
-    /// This host's store writes, by outcome: `applied`, `refused` or `unavailable`.
-    store_writes: BTreeMap<&'static str, u64>,
-    /// Their time from proposal to answer, summed.
-    store_write_time: Duration,
+    /// Store records made durable for the SM, their bytes, and the syncs that did it.
+    store_records: u64,
+    store_record_bytes: u64,
+    store_syncs: u64,
+    /// Time spent writing and syncing them, summed.
+    store_sync_time: Duration,
 }
 
 impl Metrics {
@@ -58,15 +59,12 @@ impl Metrics {
         }
     }
 
-    /// Counts one store write and how long its answer took.
-    pub(crate) fn observe_store_write(&mut self, reply: &StoreReply, took: Duration) {
-        let name = match reply {
-            StoreReply::Outcome(LedgerOutcome::Applied(_)) => "applied",
-            StoreReply::Outcome(LedgerOutcome::Refused { .. }) => "refused",
-            StoreReply::Unavailable(_) => "unavailable",
-        };
-        *self.store_writes.entry(name).or_default() += 1;
-        self.store_write_time += took;
+    /// Counts one sync of `records` store records of `bytes` bytes, which took `took`.
+    pub(crate) fn observe_store_sync(&mut self, records: usize, bytes: usize, took: Duration) {
+        self.store_records += records as u64;
+        self.store_record_bytes += bytes as u64;
+        self.store_syncs += 1;
+        self.store_sync_time += took;
     }
 
     /// The counters as JSON (durations in seconds).
@@ -78,8 +76,10 @@ impl Metrics {
             "migration_out_seconds": self.out_total.as_secs_f64(),
             "migration_out_downtime_seconds": self.out_downtime.as_secs_f64(),
             "peers_refused": self.peers_refused,
-            "store_writes": self.store_writes,
-            "store_write_seconds": self.store_write_time.as_secs_f64(),
+            "store_records": self.store_records,
+            "store_record_bytes": self.store_record_bytes,
+            "store_syncs": self.store_syncs,
+            "store_sync_seconds": self.store_sync_time.as_secs_f64(),
         })
     }
 }
@@ -106,15 +106,13 @@ mod tests {
             enclave,
             outcome: Ok(1),
         });
-        m.observe_store_write(
-            &StoreReply::Unavailable("no leader".into()),
-            Duration::from_millis(1500),
-        );
+        m.observe_store_sync(3, 300, Duration::from_millis(1500));
         let v = m.to_json();
         assert_eq!(v["migrations_out"]["connection_lost"], 2);
         assert_eq!(v["migrations_in"]["committed"], 1);
-        assert_eq!(v["store_writes"]["unavailable"], 1);
-        assert_eq!(v["store_write_seconds"], 1.5);
+        assert_eq!(v["store_records"], 3);
+        assert_eq!(v["store_syncs"], 1);
+        assert_eq!(v["store_sync_seconds"], 1.5);
         assert_eq!(v["peers_refused"], 0);
     }
 }

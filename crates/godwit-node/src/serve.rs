@@ -4,7 +4,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use godwit_monitor::{CallError, CallOutcome, EnclaveState, Event, MigrationReport, MonitorError};
+use godwit_monitor::{
+    CallError, CallOutcome, EnclaveState, Event, MembershipChange, MigrationReport, Monitor,
+    MonitorError,
+};
 use godwit_proto::{AbortReason, RefuseReason};
 use godwit_wire::{EnclaveId, HostId, Manifest};
 use serde_json::{Value, json};
@@ -140,44 +143,14 @@ async fn handle(inner: Arc<Inner>, stream: tokio::net::UnixStream) {
         },
         Command::Status => Response::Ok(status(&inner)),
         Command::Drain { host } => drain(&inner, &host, &mut w).await,
-        Command::AddMember {
-            host,
-            node_id,
-            addr,
-        } => match HostId::new(host) {
-            Ok(host) => {
-                let node = crate::node::member_node(&host, &addr);
-                match inner
-                    .admin(crate::raftnet::Admin::Add { node_id, node })
-                    .await
-                {
-                    Ok(()) => {
-                        Response::Ok(json!({ "added": host.to_string(), "node_id": node_id }))
-                    }
-                    Err(e) => err("membership", e),
-                }
-            }
+        Command::AddMember { host, addr } => match HostId::new(host) {
+            Ok(host) => add_member(&inner, host, addr).await,
             Err(e) => err("bad_request", e),
         },
-        Command::RemoveMember { host } => {
-            let found = inner
-                .current_members()
-                .into_iter()
-                .find(|(_, h, ..)| h.as_str() == host);
-            match found {
-                Some((node_id, host, ..)) => match inner
-                    .admin(crate::raftnet::Admin::Remove {
-                        node_id,
-                        host: host.clone(),
-                    })
-                    .await
-                {
-                    Ok(()) => Response::Ok(json!({ "removed": host.to_string() })),
-                    Err(e) => err("membership", e),
-                },
-                None => err("unknown_host", format!("{host} is not a member")),
-            }
-        }
+        Command::RemoveMember { host } => match HostId::new(host) {
+            Ok(host) => remove_member(&inner, host).await,
+            Err(e) => err("bad_request", e),
+        },
     };
     send(&mut w, &response).await;
 }
@@ -210,8 +183,8 @@ fn monitor_err(inner: &Inner, e: MonitorError) -> Response {
     let MonitorError::UnknownEnclave(id) = &e else {
         return err(monitor_code(&e), e);
     };
-    let record = inner.ledger.read(|d| {
-        d.ledger
+    let record = inner.read(|m| {
+        m.ledger()
             .get(id)
             .map(|r| (r.owner.to_string(), r.state.name()))
     });
@@ -354,7 +327,7 @@ async fn migrate(inner: &Arc<Inner>, enclave: &str, to: &str, w: &mut OwnedWrite
     let Ok(to) = HostId::new(to) else {
         return err("bad_request", format!("{to:?} is not a host id"));
     };
-    if to != inner.cfg.id && inner.address_of(&to).is_none() {
+    if to != inner.cfg.id && !inner.knows(&to) {
         return err(
             "unknown_host",
             format!("{to} is not a host of this cluster"),
@@ -433,36 +406,29 @@ async fn migrate_once(
 }
 
 pub(crate) fn status(inner: &Arc<Inner>) -> Value {
-    let leader = inner
-        .raft()
-        .and_then(|r| r.metrics().borrow().current_leader);
-    let heard = inner.heard.lock().map(|h| h.clone()).unwrap_or_default();
-    let up = |host: &HostId| {
-        host == &inner.cfg.id
-            || heard
-                .get(host)
-                .is_some_and(|t| t.elapsed() < Duration::from_secs(2))
-    };
+    let store = inner.store_status();
     let hosts: Vec<Value> = inner
-        .current_members()
+        .members()
         .into_iter()
-        .map(|(node_id, host, addr, voter)| {
-            let boot = inner
-                .ledger
-                .read(|d| d.ledger.boot_of(&host).map(godwit_hw::BootEpoch::count_of));
+        .map(|m| {
+            let boot = inner.read(|sm| {
+                sm.ledger()
+                    .boot_of(&m.host)
+                    .map(godwit_hw::BootEpoch::count_of)
+            });
             json!({
                 "boot": boot,
-                "id": host.to_string(),
-                "addr": addr,
-                "node_id": node_id,
-                "voter": voter,
-                "up": up(&host),
-                "leader": leader == Some(node_id),
+                "id": m.host.to_string(),
+                "addr": m.addr,
+                "voter": m.voter,
+                "up": inner.is_up(&store, &m.host),
+                "leader": store.leader.as_ref() == Some(&m.host),
             })
         })
         .collect();
-    let enclaves: Vec<Value> = inner.ledger.read(|d| {
-        d.ledger
+    let (enclaves, counts): (Vec<Value>, Vec<Value>) = inner.read(|m| {
+        let ledger = m.ledger();
+        let enclaves = ledger
             .records()
             .map(|r| {
                 json!({
@@ -473,24 +439,129 @@ pub(crate) fn status(inner: &Arc<Inner>) -> Value {
                     "state": r.state.name(),
                 })
             })
-            .collect()
-    });
-    let local: Vec<Value> = inner.with(|m| m.list()).into_iter().map(|i| {
-        json!({ "id": i.id.to_string(), "app": i.app, "state": i.state.to_string(), "epoch": i.epoch, "memory_bytes": i.memory_bytes, "busy": i.busy })
-    }).collect();
-    let counts: Vec<Value> = inner.ledger.read(|d| {
-        d.ledger
+            .collect();
+        let counts = ledger
             .instance_counts()
             .into_iter()
             .map(|((app, host), n)| json!({ "app": app, "host": host.to_string(), "instances": n }))
-            .collect()
+            .collect();
+        (enclaves, counts)
     });
+    let local: Vec<Value> = inner.read(|m| m.list()).into_iter().map(|i| {
+        json!({ "id": i.id.to_string(), "app": i.app, "state": i.state.to_string(), "epoch": i.epoch, "memory_bytes": i.memory_bytes, "busy": i.busy })
+    }).collect();
     let metrics = inner
         .metrics
         .lock()
         .map(|m| m.to_json())
         .unwrap_or_default();
-    json!({ "self": inner.cfg.id.to_string(), "boot": inner.hw.boot_epoch().count(), "hosts": hosts, "enclaves": enclaves, "local": local, "instances": counts, "metrics": metrics })
+    let member = json!({
+        "leader": store.leader.as_ref().map(ToString::to_string),
+        "term": store.term,
+        "applied": store.applied,
+        "lease": store.lease,
+        "rejoining": store.rejoining,
+        "cluster": store.cluster,
+        "learners": store.learners.iter().map(ToString::to_string).collect::<Vec<_>>(),
+    });
+    json!({ "self": inner.cfg.id.to_string(), "boot": inner.read(Monitor::boot_count), "store": member, "hosts": hosts, "enclaves": enclaves, "local": local, "instances": counts, "metrics": metrics })
+}
+
+/// How long a membership request waits for the store to apply it before answering.
+const MEMBERSHIP_WAIT: Duration = Duration::from_secs(15);
+
+/// Waits for the first of `events` that `done` maps to an answer, for up to `wait`.
+async fn first_event<T>(
+    events: &mut tokio::sync::broadcast::Receiver<Event>,
+    wait: Duration,
+    mut done: impl FnMut(&Event) -> Option<T>,
+) -> Option<T> {
+    let found = async {
+        loop {
+            match events.recv().await {
+                Ok(e) => {
+                    if let Some(t) = done(&e) {
+                        return Some(t);
+                    }
+                }
+                Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    };
+    tokio::time::timeout(wait, found).await.ok().flatten()
+}
+
+async fn add_member(inner: &Arc<Inner>, host: HostId, addr: String) -> Response {
+    if addr.parse::<std::net::SocketAddr>().is_err() {
+        return err(
+            "bad_request",
+            format!("{addr:?} is not an address like 127.0.0.1:7104"),
+        );
+    }
+    let mut events = inner.events.subscribe();
+    if let Err(e) = inner.with(|m| m.add_member(host.clone(), addr.clone())) {
+        return err("membership", e);
+    }
+    let answer = first_event(&mut events, MEMBERSHIP_WAIT, |e| match e {
+        Event::Membership(MembershipChange::Learner(h) | MembershipChange::Voter(h))
+            if *h == host =>
+        {
+            Some(Ok(()))
+        }
+        Event::MembershipRefused { host: h, reason } if *h == host => Some(Err(reason.clone())),
+        _ => None,
+    })
+    .await;
+    match answer {
+        Some(Ok(())) => Response::Ok(json!({ "added": host.to_string(), "addr": addr })),
+        Some(Err(reason)) => err("membership", reason),
+        // Not up yet (the usual case right after `cluster add`): the SM keeps trying.
+        None => Response::Ok(json!({
+            "admitting": host.to_string(),
+            "addr": addr,
+            "note": format!(
+                "{host} is not attested yet: start it; this host's SM keeps trying for {} s, and `godwit status` shows it once it joined",
+                godwit_monitor::ADMISSION_WINDOW.as_secs()
+            ),
+        })),
+    }
+}
+
+async fn remove_member(inner: &Arc<Inner>, host: HostId) -> Response {
+    let mut events = inner.events.subscribe();
+    if let Err(e) = inner.with(|m| m.remove_member(&host)) {
+        let code = if inner.members().iter().any(|m| m.host == host) {
+            "membership"
+        } else {
+            "unknown_host"
+        };
+        return err(code, e);
+    }
+    let left = first_event(&mut events, MEMBERSHIP_WAIT, |e| match e {
+        Event::Membership(MembershipChange::Left(h)) if *h == host => Some(()),
+        _ => None,
+    })
+    .await;
+    match left {
+        Some(()) => Response::Ok(json!({ "removed": host.to_string() })),
+        None => err(
+            "store_unavailable",
+            format!("the store did not apply {host}'s removal in time; it may still"),
+        ),
+    }
+}
+
+/// Has the SM probe the store and waits for the answer.
+pub(crate) async fn probe(inner: &Arc<Inner>, wait: Duration) -> Result<(), String> {
+    let mut events = inner.events.subscribe();
+    let probe = inner.with(|m| m.probe_store()).map_err(|e| e.to_string())?;
+    first_event(&mut events, wait, |e| match e {
+        Event::StoreProbed { probe: p, outcome } if *p == probe => Some(outcome.clone()),
+        _ => None,
+    })
+    .await
+    .unwrap_or_else(|| Err("the store did not apply the probe in time".into()))
 }
 
 /// Migrates every enclave of this host away, trying peers in turn for each.
@@ -511,9 +582,9 @@ async fn drain(inner: &Arc<Inner>, host: &str, w: &mut OwnedWriteHalf) -> Respon
         .map(|i| i.id)
         .collect();
     let peers: Vec<HostId> = inner
-        .current_members()
+        .members()
         .into_iter()
-        .map(|(_, h, ..)| h)
+        .map(|m| m.host)
         .filter(|h| *h != inner.cfg.id)
         .collect();
     let (mut moved, mut failed) = (Vec::new(), Vec::new());

@@ -236,12 +236,13 @@ pub enum LedgerOp {
         /// The host.
         host: HostId,
     },
-    /// The last owner of a lost instance starts a fresh instance under its id, from its
-    /// module (never from old memory), with its recorded sealed versions and counters.
+    /// A host starts a fresh instance of a lost one under its id, from its module (never
+    /// from old memory), with its recorded sealed versions and counters.
     Adopt {
         /// The instance.
         id: EnclaveId,
-        /// The adopting host (must be the last owner: the blobs are sealed to it).
+        /// The adopting host: the last owner (its blobs are sealed to it), or any host if
+        /// the instance sealed nothing (its counters are in the ledger).
         by: HostId,
         /// Its SM's boot epoch.
         boot: Boot,
@@ -826,7 +827,7 @@ impl Ledger {
                 },
             );
         }
-        if r.owner != *by {
+        if r.owner != *by && !r.durable.sealed.is_empty() {
             return self.refuse(id, LedgerRefusal::NotParty { by: by.clone() });
         }
         if r.app != app {
@@ -842,6 +843,7 @@ impl Ledger {
         }
         let r = self.records.get_mut(&id).expect("present");
         r.state = RecordState::Running;
+        r.owner = by.clone();
         r.owner_boot = boot;
         r.epoch += 1;
         r.incarnation += 1;

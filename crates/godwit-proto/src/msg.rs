@@ -43,6 +43,9 @@ pub struct Prepare {
     pub epoch: u64,
     /// Its incarnation in the ledger (the receiver seals under it).
     pub incarnation: u64,
+    /// The store the sender's ledger belongs to (the hash of its founders): the receiver
+    /// takes part only if its ledger is the same store's.
+    pub cluster: [u8; 32],
 }
 
 impl Prepare {
@@ -224,6 +227,9 @@ pub enum RefuseReason {
     /// The ledger refused the receiver's boot: its boot count is not above the recorded
     /// one (the host rolled the component's boot count back). It takes part in nothing.
     StaleBoot,
+    /// The receiver belongs to another store: its COMMIT would be decided by another
+    /// ledger than the sender's.
+    ForeignStore,
 }
 
 impl RefuseReason {
@@ -237,6 +243,7 @@ impl RefuseReason {
             Self::Invalid(_) => "invalid_prepare",
             Self::Starting => "receiver_starting",
             Self::StaleBoot => "receiver_stale_boot",
+            Self::ForeignStore => "foreign_store",
         }
     }
 }
@@ -262,6 +269,9 @@ impl fmt::Display for RefuseReason {
             ),
             Self::StaleBoot => f.write_str(
                 "the store refused the receiver's boot: its component's boot count went back (a rolled-back boot count)",
+            ),
+            Self::ForeignStore => f.write_str(
+                "the receiver belongs to another store than the sender (another set of founders)",
             ),
         }
     }

@@ -1,12 +1,15 @@
 //! The invariants checked after every step (DESIGN.md §5):
 //!
-//! 1. **No fork**: at most one SM runs each enclave, and an SM runs one only while the
-//!    ledger records it running there, under that SM's boot epoch.
-//! 2. **Committed transfers are never undone**: a record's epoch never goes back.
+//! 1. **No fork**: an SM runs an enclave only while its own view of the ledger records it
+//!    running there, under that SM's boot epoch; and at most one SM that holds its store
+//!    lease (the only ones that release results) runs each enclave.
+//! 2. **One history**: the store members agree on the replicated state at every applied
+//!    index (Raft's state machine safety, checked by digest), and along it a record's
+//!    epoch never goes back (committed transfers are never undone).
 //! 3. **No rollback**: a record's counters and sealed versions never go back; a released
 //!    tick is larger than every one released before it; a check sees a counter and sealed
 //!    data at least as new as every released tick (in `World::released`).
-//! 4. **No plaintext outside an SM**: no frame, store write or blob on a host's disk holds
+//! 4. **No plaintext outside an SM**: no frame, store record or blob on a host's disk holds
 //!    an enclave's canary (in its memory and sealed data) or a sealing key.
 //! 5. **Limits hold**: no SM holds more instances of the application than its manifest
 //!    allows per host, and the ledger holds no more live ones than the cluster cap.
@@ -19,19 +22,26 @@
 
 use std::collections::BTreeMap;
 
+use godwit_hw::Hardware;
 use godwit_monitor::EnclaveState;
 use godwit_proto::RecordState;
 use godwit_wire::EnclaveId;
 
 use crate::world::World;
 
+/// Applied indices whose state digest is remembered.
+const DIGESTS_MAX: usize = 20_000;
+
 impl World {
     pub(crate) fn check_step(&mut self) -> Result<(), String> {
         self.trace_states();
+        self.check_history()?;
         let mut running: BTreeMap<EnclaveId, Vec<String>> = BTreeMap::new();
         let per_host = self.app.manifest.max_instances_per_host;
         for h in &self.hosts {
-            let Some(sm) = &h.sm else { continue };
+            let (Some(sm), Some(hw)) = (&h.sm, &h.hw) else {
+                continue;
+            };
             sm.check_invariants();
             let present = sm.instances_of(&self.app.measurement);
             if present > per_host {
@@ -40,19 +50,22 @@ impl World {
                     h.id
                 ));
             }
-            let boot = sm.hardware().boot_epoch().to_bytes();
+            let boot = hw.boot_epoch().to_bytes();
+            let lease = sm.holds_lease();
             for info in sm.list() {
                 if info.state != EnclaveState::Running {
                     continue;
                 }
-                running.entry(info.id).or_default().push(h.id.to_string());
-                let record = self.ledger.get(&info.id);
+                if lease {
+                    running.entry(info.id).or_default().push(h.id.to_string());
+                }
+                let record = sm.ledger().get(&info.id);
                 let licensed = record.is_some_and(|r| {
                     r.owner == h.id && r.state == RecordState::Running && r.owner_boot == boot
                 });
                 if !licensed {
                     return Err(format!(
-                        "{} runs {} but the ledger says {}",
+                        "{} runs {} but its ledger says {}",
                         h.id,
                         info.id,
                         record.map_or("nothing".to_string(), |r| format!(
@@ -66,15 +79,65 @@ impl World {
             }
         }
         if let Some((id, hosts)) = running.iter().find(|(_, h)| h.len() > 1) {
-            return Err(format!("{id} runs on {hosts:?} at once"));
+            return Err(format!(
+                "{id} runs on {hosts:?} at once, each holding its store lease"
+            ));
         }
-        if let Some(cap) = self.app.manifest.max_instances_cluster {
-            let live = self.ledger.live_instances(&self.app.measurement);
+        if let Some(cap) = self.app.manifest.max_instances_cluster
+            && let Some(ledger) = self.best_ledger()
+        {
+            let live = ledger.live_instances(&self.app.measurement);
             if live > cap as usize {
                 return Err(format!(
                     "the ledger holds {live} live instances, over the cluster cap {cap}"
                 ));
             }
+        }
+        Ok(())
+    }
+
+    /// Every member that applied more entries since the last step: its state at that index
+    /// is the one every other member reported there; and the furthest state reached moves
+    /// only forward along the history.
+    fn check_history(&mut self) -> Result<(), String> {
+        let mut best: Option<(u64, usize)> = None;
+        for i in 0..self.hosts.len() {
+            let Some(sm) = &self.hosts[i].sm else {
+                continue;
+            };
+            let (applied, digest) = sm.store_digest();
+            let rejoining = sm.store_status().rejoining;
+            self.hosts[i].rejoining = rejoining;
+            if best.is_none_or(|(b, _)| applied > b) {
+                best = Some((applied, i));
+            }
+            if applied == self.applied[i] || applied == 0 {
+                continue;
+            }
+            self.applied[i] = applied;
+            match self.digests.get(&applied) {
+                Some((j, d)) if *d != digest => {
+                    return Err(format!(
+                        "store members disagree at applied index {applied}: {} and {} hold different states",
+                        self.hosts[*j].id, self.hosts[i].id
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    if self.digests.len() == DIGESTS_MAX {
+                        self.digests.pop_first();
+                    }
+                    self.digests.insert(applied, (i, digest));
+                }
+            }
+        }
+        if let Some((applied, i)) = best
+            && applied > self.best_applied
+        {
+            self.best_applied = applied;
+            let ledger = self.hosts[i].sm.as_ref().expect("up").ledger().clone();
+            ledger.check_invariants();
+            self.check_ledger(&ledger)?;
         }
         Ok(())
     }
@@ -106,9 +169,9 @@ impl World {
         }
     }
 
-    /// After the store applied a write: nothing in the ledger went back.
-    pub(crate) fn check_ledger(&mut self) -> Result<(), String> {
-        for r in self.ledger.records() {
+    /// A ledger further along the history than any before: nothing in it went back.
+    fn check_ledger(&mut self, ledger: &godwit_proto::Ledger) -> Result<(), String> {
+        for r in ledger.records() {
             if let Some((epoch, durable)) = self.seen.get(&r.id) {
                 if r.epoch < *epoch {
                     return Err(format!(
@@ -124,8 +187,7 @@ impl World {
                 }
             }
         }
-        self.seen = self
-            .ledger
+        self.seen = ledger
             .records()
             .map(|r| (r.id, (r.epoch, r.durable.clone())))
             .collect();
@@ -134,11 +196,11 @@ impl World {
 
     /// After host `i`'s SM handled its timer: no deadline of it lies in the past.
     pub(crate) fn check_waits(&self, i: usize) -> Result<(), String> {
-        let Some(sm) = &self.hosts[i].sm else {
+        let (Some(sm), Some(hw)) = (&self.hosts[i].sm, &self.hosts[i].hw) else {
             return Ok(());
         };
         if let Some(at) = sm.poll_timeout() {
-            let now = sm.hardware().now();
+            let now = hw.now();
             if at.is_at_or_after(now).is_ok_and(|later| !later) {
                 return Err(format!(
                     "{} handled its timer but still has a deadline in the past",

@@ -102,6 +102,8 @@ pub struct Summary {
     pub replays: u64,
     /// Boots under a boot count the component had used before.
     pub rollbacks: u64,
+    /// Boots where the host handed its SM older, partial or altered store records.
+    pub stale_records: u64,
 }
 
 impl Summary {
@@ -118,6 +120,7 @@ impl Summary {
         self.adopted += other.adopted;
         self.scanned += other.scanned;
         self.replays += other.replays;
+        self.stale_records += other.stale_records;
         self.rollbacks += other.rollbacks;
     }
 }
@@ -127,7 +130,7 @@ impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} steps, {} enclaves ({} deploys refused at a limit), migrations {} started / {} committed / {} aborted, {} crashes, {} boots under a rolled-back count, {} older blobs handed back, {} ticks, {} adopted, {} messages scanned",
+            "{} steps, {} enclaves ({} deploys refused at a limit), migrations {} started / {} committed / {} aborted, {} crashes, {} boots under a rolled-back count, {} boots on stale store records, {} older blobs handed back, {} ticks, {} adopted, {} messages scanned",
             self.steps,
             self.enclaves,
             self.limit_refusals,
@@ -136,6 +139,7 @@ impl fmt::Display for Summary {
             self.migrations.2,
             self.crashes,
             self.rollbacks,
+            self.stale_records,
             self.replays,
             self.ticks,
             self.adopted,

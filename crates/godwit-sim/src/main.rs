@@ -39,11 +39,22 @@ struct Args {
     /// Print every traced step of the run (with --seed).
     #[arg(long)]
     verbose: bool,
+    /// Also print the SMs' own log lines at this level and above (error, warn, info,
+    /// debug; or a RUST_LOG-style filter).
+    #[arg(long)]
+    log: Option<String>,
 }
 
 #[allow(clippy::print_stdout, clippy::print_stderr)] // a command-line tool's output
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(filter) = &args.log {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .without_time()
+            .init();
+    }
     let options = Options {
         hosts: args.hosts.map(|h| h as usize),
         chaos_ms: args.chaos_ms,

@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use godwit_attest::Policy;
-use godwit_hw::{DeviceIdentity, Manufacturer, SimClock, SimHardware};
+use godwit_hw::{DeviceIdentity, Hardware, Manufacturer, NvCounter, SimClock, SimHardware};
 use godwit_monitor::{
-    Action, CallId, CallOutcome, ConnId, EnclaveState, Event, MemoryBlobStore, Monitor,
-    MonitorConfig, MonitorError, RequestId, sm_measurement,
+    Action, CallId, CallOutcome, ConnId, EnclaveState, Event, MemberConfig, MemoryBlobStore,
+    Monitor, MonitorConfig, MonitorError, Opened, StoreWrite, sm_measurement,
 };
-use godwit_proto::{Ledger, LedgerOp, MigrationId, StoreReply, TimeoutConfig};
+use godwit_proto::{Ledger, MigrationId, TimeoutConfig};
 use godwit_wire::{EnclaveId, HostId, Manifest, Measurement};
 use rand::{Rng, RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -152,7 +152,19 @@ pub(crate) struct Host {
     pub(crate) disk: Arc<Disk>,
     /// `None` while the host is down.
     pub(crate) sm: Option<Monitor>,
+    /// The component this boot (the host reads its clock for its own scheduling only).
+    pub(crate) hw: Option<Arc<SimHardware>>,
     clock: Option<SimClock>,
+    /// The component's monotonic counter: it outlives boots.
+    nv: NvCounter,
+    /// The store member's records on the host's disk: durable ones (from the last base
+    /// on), and ones written but not synced yet (a crash loses some of them).
+    records: Vec<Vec<u8>>,
+    unsynced: VecDeque<StoreWrite>,
+    /// Older durable record sets, for the lying host to hand back.
+    old_records: VecDeque<Vec<Vec<u8>>>,
+    /// Its member lost its records and has not caught up yet (as last seen).
+    pub(crate) rejoining: bool,
     /// Boots so far; frames, replies and dials carry the boot they belong to.
     pub(crate) boot: u64,
     /// The highest boot count the component was given; a lying host may start it again
@@ -171,6 +183,8 @@ type End = (usize, u64, ConnId);
 
 struct Link {
     ends: [End; 2],
+    /// It carries the store's traffic (the dialler said so).
+    store: bool,
     /// Arrival time of the last frame each way (TCP keeps order).
     last: [u64; 2],
 }
@@ -184,21 +198,16 @@ enum Ev {
     Dialled {
         from: End,
         peer: usize,
+        store: bool,
     },
     Reset {
         at: End,
     },
-    StoreApply {
+    /// The host's disk synced the store records up to `upto`.
+    Synced {
         host: usize,
         boot: u64,
-        request: RequestId,
-        op: LedgerOp,
-    },
-    StoreReply {
-        host: usize,
-        boot: u64,
-        request: RequestId,
-        reply: StoreReply,
+        upto: u64,
     },
     HostUp {
         host: usize,
@@ -234,13 +243,16 @@ struct Faults {
     reorder: f64,
     corrupt: f64,
     reset: f64,
-    store_lost: f64,
-    reply_lost: f64,
     crash: f64,
     partition: f64,
     /// A host restarts its component with a boot count it used before.
     rollback: f64,
+    /// A host hands its SM older store records than it last wrote, or altered ones.
+    stale_records: f64,
 }
+
+/// Older record sets a host keeps for replay.
+const OLD_RECORD_SETS_MAX: usize = 8;
 
 pub(crate) struct World {
     pub(crate) seed: u64,
@@ -250,7 +262,14 @@ pub(crate) struct World {
     policy: Policy,
     pub(crate) app: App,
     pub(crate) hosts: Vec<Host>,
-    pub(crate) ledger: Ledger,
+    /// The highest applied index any member has reached, and what it applied there (the
+    /// ledger's history only moves forward along it).
+    pub(crate) best_applied: u64,
+    /// A digest of the replicated state at each applied index some member reported (the
+    /// last [`DIGESTS_MAX`]): every member must agree on it.
+    pub(crate) digests: BTreeMap<u64, (usize, [u8; 32])>,
+    /// Each host's applied index at the last check.
+    pub(crate) applied: Vec<u64>,
     pub(crate) now: u64,
     pub(crate) step: u64,
     seq: u64,
@@ -335,11 +354,10 @@ impl World {
             reorder: storm * 0.002,
             corrupt: storm * 0.002,
             reset: storm * 0.002,
-            store_lost: storm * 0.02,
-            reply_lost: storm * 0.05,
             crash: storm * 0.03,
             partition: storm * 0.03,
             rollback: storm * 0.3,
+            stale_records: storm * 0.3,
         };
         let app = App::load();
         let mut w = Self {
@@ -350,7 +368,9 @@ impl World {
             policy,
             app,
             hosts: Vec::new(),
-            ledger: Ledger::new(),
+            best_applied: 0,
+            digests: BTreeMap::new(),
+            applied: vec![0; n],
             now: 0,
             step: 0,
             seq: 0,
@@ -385,17 +405,25 @@ impl World {
                 identity,
                 disk: Arc::default(),
                 sm: None,
+                hw: None,
                 clock: None,
+                nv: NvCounter::volatile(),
+                records: Vec::new(),
+                unsynced: VecDeque::new(),
+                old_records: VecDeque::new(),
+                rejoining: false,
                 boot: 0,
                 count: 0,
                 rate: 1.0,
                 owed: 0.0,
                 lateness: 0,
             });
+        }
+        for i in 0..n {
             w.boot_host(i, false);
             // The host's sealing key for the app must never leave its SM.
-            if let Some(sm) = &w.hosts[i].sm {
-                let key = sm.hardware().sealing_key(&w.app.measurement);
+            if let Some(hw) = &w.hosts[i].hw {
+                let key = hw.sealing_key(&w.app.measurement);
                 w.secrets.push(*key.as_bytes());
             }
         }
@@ -452,6 +480,16 @@ impl World {
         }
     }
 
+    /// How long a sync of the host's disk takes.
+    fn disk_latency(&mut self) -> u64 {
+        let base = self.rng.random_range(20_000..MS);
+        if self.chaos && self.rng.random_bool(0.01) {
+            base + self.rng.random_range(0..50 * MS)
+        } else {
+            base
+        }
+    }
+
     fn chance(&mut self, p: f64) -> bool {
         self.chaos && p > 0.0 && self.rng.random_bool(p.min(1.0))
     }
@@ -475,18 +513,34 @@ impl World {
             hw_seed,
             count,
         );
+        let hw = Arc::new(hw.with_nv_counter(self.hosts[i].nv.clone()));
         let config = MonitorConfig {
             policy: self.policy.clone(),
             timeouts: TimeoutConfig::default(),
             memory_budget_bytes: 64 << 20,
+            store: MemberConfig {
+                founders: self.hosts.iter().map(|h| h.id.clone()).collect(),
+                ..MemberConfig::default()
+            },
         };
         let disk = Arc::clone(&self.hosts[i].disk);
+        let records = self.records_to_hand(i);
         // Invariant: the wasm runtime starts (it did for every earlier boot).
-        let sm = Monitor::new(Arc::new(hw), disk, config).expect("the SM starts");
+        let (sm, opened) =
+            Monitor::new(Arc::clone(&hw) as Arc<dyn Hardware>, disk, config, &records)
+                .expect("the SM starts");
+        if let Opened::Refused(why) = &opened {
+            // The host sets the refused records aside; the member starts over empty.
+            let id = self.hosts[i].id.clone();
+            self.note(format!("{id}'s SM refuses its store records: {why}"));
+            self.hosts[i].records.clear();
+            self.hosts[i].rejoining = true;
+        }
         let rate = self.rng.random_range(0.98..1.02);
         let lateness = self.rng.random_range(0..20 * MS);
         let h = &mut self.hosts[i];
         h.sm = Some(sm);
+        h.hw = Some(hw);
         h.clock = Some(clock);
         h.boot = boot;
         h.rate = rate;
@@ -498,6 +552,55 @@ impl World {
         self.note(format!(
             "{id} boots (boot {boot}, component count {count}{lie}, clock rate {rate:.4})"
         ));
+    }
+
+    /// The store records host `i` hands its SM at boot: the durable ones; or, when it
+    /// lies, an older set, a prefix, or one with a byte altered.
+    fn records_to_hand(&mut self, i: usize) -> Vec<Vec<u8>> {
+        let records = self.hosts[i].records.clone();
+        // A member that lost its records votes for no one until it caught up, so a
+        // majority of them stops the store for good (an operator's problem, outside what
+        // the simulation checks): the host lies only while most members hold their records.
+        let rejoining = (0..self.hosts.len())
+            .filter(|&j| j != i && self.hosts[j].rejoining)
+            .count();
+        let affordable = rejoining < (self.hosts.len() - 1) / 2;
+        if records.is_empty() || !affordable || !self.chance(self.faults.stale_records) {
+            return records;
+        }
+        let id = self.hosts[i].id.clone();
+        self.summary.stale_records += 1;
+        match self.rng.random_range(0..4) {
+            0 if !self.hosts[i].old_records.is_empty() => {
+                let k = self.rng.random_range(0..self.hosts[i].old_records.len());
+                self.note(format!(
+                    "{id}'s disk hands back an older set of store records"
+                ));
+                self.hosts[i].old_records[k].clone()
+            }
+            1 => {
+                let keep = self.rng.random_range(0..records.len());
+                self.note(format!(
+                    "{id}'s disk hands back {keep} of its {} store records",
+                    records.len()
+                ));
+                records[..keep].to_vec()
+            }
+            2 => {
+                let mut records = records;
+                let r = self.rng.random_range(0..records.len());
+                if !records[r].is_empty() {
+                    let at = self.rng.random_range(0..records[r].len());
+                    records[r][at] ^= 1 << self.rng.random_range(0..8);
+                }
+                self.note(format!("{id}'s disk alters store record {r}"));
+                records
+            }
+            _ => {
+                self.note(format!("{id}'s disk hands back no store records"));
+                Vec::new()
+            }
+        }
     }
 
     /// After the chaos, the host stops lying: a component whose boot the store refused
@@ -516,7 +619,14 @@ impl World {
         }
         self.summary.crashes += 1;
         self.hosts[i].sm = None;
+        self.hosts[i].hw = None;
         self.hosts[i].clock = None;
+        // Records written but not synced: the disk kept some prefix of them, or none.
+        let unsynced: Vec<StoreWrite> = self.hosts[i].unsynced.drain(..).collect();
+        let kept = self.rng.random_range(0..=unsynced.len());
+        for w in unsynced.into_iter().take(kept) {
+            self.keep_record(i, w);
+        }
         let dead: Vec<u64> = self
             .links
             .iter()
@@ -558,9 +668,7 @@ impl World {
     /// When host `i`'s SM next needs its timer, in virtual time (with the host's lateness).
     fn timer_due(&self, i: usize) -> Option<u64> {
         let h = &self.hosts[i];
-        let sm = h.sm.as_ref()?;
-        let at = sm.poll_timeout()?;
-        let wait = at.duration_since(sm.hardware().now()).unwrap_or_default();
+        let wait = h.sm.as_ref()?.timeout_in()?;
         let virt = (wait.as_nanos() as f64 / h.rate).ceil() as u64;
         Some(self.now + virt + h.lateness)
     }
@@ -609,11 +717,13 @@ impl World {
                     sm.handle_frame(conn_of(&to), &mut frame);
                 }
             }
-            Ev::Dialled { from, peer } => {
+            Ev::Dialled { from, peer, store } => {
                 if !self.is_current(&from) {
                     return Ok(());
                 }
-                let reachable = self.hosts[peer].sm.is_some() && !self.is_cut(from.0, peer);
+                let reachable = self.hosts[peer].sm.is_some()
+                    && !self.is_cut(from.0, peer)
+                    && !(store && self.is_store_cut(from.0, peer));
                 if reachable {
                     let theirs = self.hosts[peer].sm.as_mut().expect("up").accept();
                     let other = (peer, self.hosts[peer].boot, theirs);
@@ -622,6 +732,7 @@ impl World {
                         self.next_link,
                         Link {
                             ends: [from, other],
+                            store,
                             last: [0, 0],
                         },
                     );
@@ -639,56 +750,19 @@ impl World {
                     sm.disconnected(conn_of(&at));
                 }
             }
-            Ev::StoreApply {
-                host,
-                boot,
-                request,
-                op,
-            } => {
-                let outcome = self.ledger.apply(&op);
-                self.ledger.check_invariants();
-                self.summary.scanned += 1;
-                self.scan(&godwit_wire::encode(&op), "a store write")?;
-                let verdict = match &outcome {
-                    godwit_proto::LedgerOutcome::Applied(_) => "applied".to_string(),
-                    godwit_proto::LedgerOutcome::Refused { reason, .. } => {
-                        format!("refused ({reason:?})")
+            Ev::Synced { host, boot, upto } => {
+                if self.hosts[host].boot == boot && self.hosts[host].sm.is_some() {
+                    while self.hosts[host]
+                        .unsynced
+                        .front()
+                        .is_some_and(|w| w.number <= upto)
+                    {
+                        let w = self.hosts[host].unsynced.pop_front().expect("checked");
+                        self.keep_record(host, w);
                     }
-                };
-                let what = format!(
-                    "store: {} {} from {}: {verdict}",
-                    op_name(&op),
-                    op.enclave().map_or(String::new(), |e| e.to_string()),
-                    self.hosts[host].id
-                );
-                self.note(what);
-                self.check_ledger()?;
-                let reply = if self.chance(self.faults.reply_lost) {
-                    StoreReply::Unavailable("the reply was lost".into())
-                } else {
-                    StoreReply::Outcome(outcome)
-                };
-                let at = self.now + self.latency();
-                self.schedule(
-                    at,
-                    Ev::StoreReply {
-                        host,
-                        boot,
-                        request,
-                        reply,
-                    },
-                );
-            }
-            Ev::StoreReply {
-                host,
-                boot,
-                request,
-                reply,
-            } => {
-                if self.hosts[host].boot == boot
-                    && let Some(sm) = self.hosts[host].sm.as_mut()
-                {
-                    sm.handle_store_reply(request, reply);
+                    if let Some(sm) = self.hosts[host].sm.as_mut() {
+                        sm.persisted(upto);
+                    }
                 }
             }
             Ev::HostUp { host } => {
@@ -717,10 +791,33 @@ impl World {
         self.cut.contains(&(a.min(b), a.max(b)))
     }
 
+    /// Whether the store's traffic between `a` and `b` is cut (one of them is cut off
+    /// from the store).
+    fn is_store_cut(&self, a: usize, b: usize) -> bool {
+        self.store_cut.contains(&a) || self.store_cut.contains(&b)
+    }
+
     fn is_cut_link(&self, link: u64) -> bool {
-        self.links
-            .get(&link)
-            .is_some_and(|l| self.is_cut(l.ends[0].0, l.ends[1].0))
+        self.links.get(&link).is_some_and(|l| {
+            let (a, b) = (l.ends[0].0, l.ends[1].0);
+            self.is_cut(a, b) || (l.store && self.is_store_cut(a, b))
+        })
+    }
+
+    /// Record `w` reached host `i`'s disk: after a base, the records before it go (the
+    /// host keeps them for replay).
+    fn keep_record(&mut self, i: usize, w: StoreWrite) {
+        let h = &mut self.hosts[i];
+        if w.base {
+            let old = std::mem::take(&mut h.records);
+            if !old.is_empty() {
+                if h.old_records.len() == OLD_RECORD_SETS_MAX {
+                    h.old_records.pop_front();
+                }
+                h.old_records.push_back(old);
+            }
+        }
+        h.records.push(w.bytes);
     }
 
     fn drain_actions(&mut self) -> Result<(), String> {
@@ -742,7 +839,9 @@ impl World {
     fn act(&mut self, i: usize, action: Action) -> Result<(), String> {
         let boot = self.hosts[i].boot;
         match action {
-            Action::Connect { conn, peer } => {
+            Action::Connect {
+                conn, peer, store, ..
+            } => {
                 let Some(p) = self.hosts.iter().position(|h| h.id == peer) else {
                     return Err(format!("{} dials unknown host {peer}", self.hosts[i].id));
                 };
@@ -752,6 +851,7 @@ impl World {
                     Ev::Dialled {
                         from: (i, boot, conn),
                         peer: p,
+                        store,
                     },
                 );
             }
@@ -773,31 +873,21 @@ impl World {
                     self.schedule(at, Ev::Reset { at: other });
                 }
             }
-            Action::Store { request, op } => {
-                let at = self.now + self.latency();
-                if self.store_cut.contains(&i) || self.chance(self.faults.store_lost) {
-                    self.schedule(
-                        at,
-                        Ev::StoreReply {
-                            host: i,
-                            boot,
-                            request,
-                            reply: StoreReply::Unavailable("no quorum reachable".into()),
-                        },
-                    );
-                } else {
-                    self.schedule(
-                        at,
-                        Ev::StoreApply {
-                            host: i,
-                            boot,
-                            request,
-                            op,
-                        },
-                    );
-                }
+            Action::Persist(w) => {
+                self.summary.scanned += 1;
+                self.scan(&w.bytes, "a store record")?;
+                let upto = w.number;
+                self.hosts[i].unsynced.push_back(w);
+                let at = self.now + self.disk_latency();
+                self.schedule(
+                    at,
+                    Ev::Synced {
+                        host: i,
+                        boot,
+                        upto,
+                    },
+                );
             }
-            Action::StoreMessage { .. } => {}
             Action::Event(e) => self.on_event(i, e)?,
             other => return Err(format!("unexpected action {other:?}")),
         }
@@ -820,7 +910,7 @@ impl World {
         {
             self.summary.scanned += 1;
             self.scan(&frame, "a frame")?;
-            if self.is_cut(i, to.0) || self.chance(self.faults.drop) {
+            if self.is_cut_link(link) || self.chance(self.faults.drop) {
                 continue;
             }
             let mut frame = frame;
@@ -1172,8 +1262,10 @@ impl World {
     /// Starts a fresh instance of each enclave recorded lost, on the host holding its
     /// sealed data, if that host is up.
     fn adopt_lost(&mut self) -> Result<(), String> {
-        let lost: Vec<(EnclaveId, HostId)> = self
-            .ledger
+        let Some(ledger) = self.best_ledger() else {
+            return Ok(());
+        };
+        let lost: Vec<(EnclaveId, HostId)> = ledger
             .records()
             .filter(|r| r.state == godwit_proto::RecordState::Lost)
             .map(|r| (r.id, r.owner.clone()))
@@ -1359,23 +1451,46 @@ impl World {
         Ok(())
     }
 
-    /// Every host is up and its boot is in the ledger, nothing migrates, no result is
-    /// withheld.
+    /// Every host is up, its boot is in its own view of the ledger, every member applied
+    /// the same entries, nothing migrates, no result is withheld.
     fn quiescent(&self) -> bool {
+        let applied: BTreeSet<u64> = self
+            .hosts
+            .iter()
+            .filter_map(|h| h.sm.as_ref().map(|sm| sm.store_digest().0))
+            .collect();
         self.migrating.is_empty()
             && self.calls.is_empty()
             && !self.any_registering()
+            && applied.len() == 1
             && self.hosts.iter().all(|h| {
                 h.sm.as_ref().is_some_and(|sm| {
                     sm.migrations_in_flight() == (0, 0)
-                        && self.ledger.boot_of(&h.id)
-                            == Some(&sm.hardware().boot_epoch().to_bytes())
+                        && sm.holds_lease()
+                        && self.boot_recorded(h)
+                        && sm.ledger().records().all(|r| {
+                            !matches!(r.state, godwit_proto::RecordState::Migrating { .. })
+                        })
                 })
             })
-            && self
-                .ledger
-                .records()
-                .all(|r| !matches!(r.state, godwit_proto::RecordState::Migrating { .. }))
+    }
+
+    /// Whether host `h`'s own view of the ledger records its current boot.
+    fn boot_recorded(&self, h: &Host) -> bool {
+        match (&h.sm, &h.hw) {
+            (Some(sm), Some(hw)) => sm.ledger().boot_of(&h.id) == Some(&hw.boot_epoch().to_bytes()),
+            _ => false,
+        }
+    }
+
+    /// The ledger of the member that applied the most entries (every other member's is
+    /// an earlier state of the same history), if any host is up.
+    pub(crate) fn best_ledger(&self) -> Option<&Ledger> {
+        self.hosts
+            .iter()
+            .filter_map(|h| h.sm.as_ref())
+            .max_by_key(|sm| sm.store_digest().0)
+            .map(Monitor::ledger)
     }
 
     /// The liveness phase's verdict, then adoption of what was lost and a last check of
@@ -1397,8 +1512,20 @@ impl World {
                     let Some(sm) = &h.sm else {
                         return Some(format!("{} is down", h.id));
                     };
-                    if self.ledger.boot_of(&h.id) != Some(&sm.hardware().boot_epoch().to_bytes()) {
-                        return Some(format!("{}'s boot is not in the ledger", h.id));
+                    let s = sm.store_status();
+                    let store = format!(
+                        "leader {:?}, term {}, applied {}, lease {}, rejoining {}, voters {:?}",
+                        s.leader, s.term, s.applied, s.lease, s.rejoining, s.voters
+                    );
+                    if !self.boot_recorded(h) {
+                        return Some(format!(
+                            "{}'s boot is not in its ledger ({store}; {})",
+                            h.id,
+                            sm.store_debug()
+                        ));
+                    }
+                    if !sm.holds_lease() {
+                        return Some(format!("{} holds no store lease ({store})", h.id));
                     }
                     let registering: Vec<String> = sm
                         .list()
@@ -1410,13 +1537,21 @@ impl World {
                         .then(|| format!("{} still registers {registering:?}", h.id))
                 })
                 .collect();
+            let leaders: Vec<String> = self
+                .hosts
+                .iter()
+                .filter_map(|h| h.sm.as_ref())
+                .filter(|sm| sm.store_status().leader.as_ref() == Some(sm.host()))
+                .map(Monitor::store_debug)
+                .collect();
             return Err(format!(
-                "not resolved {} ms after healing: {waiting:?}, {} migrations awaited by the operator, {} calls withheld, SMs busy: {busy:?}, ledger records migrating: {:?}",
+                "not resolved {} ms after healing (leaders: {leaders:?}): {waiting:?}, {} migrations awaited by the operator, {} calls withheld, SMs busy: {busy:?}, ledger records migrating: {:?}",
                 self.options.heal_ms,
                 self.migrating.len(),
                 self.calls.len(),
-                self.ledger
-                    .records()
+                self.best_ledger()
+                    .into_iter()
+                    .flat_map(Ledger::records)
                     .filter_map(|r| match &r.state {
                         godwit_proto::RecordState::Migrating { migration, to } => {
                             Some(format!("{} {} -> {to} ({migration})", r.id, r.owner))
@@ -1428,8 +1563,9 @@ impl World {
         }
         // Every record running has exactly one live copy, at its owner.
         let records: Vec<(EnclaveId, HostId, godwit_proto::RecordState)> = self
-            .ledger
-            .records()
+            .best_ledger()
+            .into_iter()
+            .flat_map(Ledger::records)
             .map(|r| (r.id, r.owner.clone(), r.state.clone()))
             .collect();
         for (id, owner, state) in &records {
@@ -1495,19 +1631,5 @@ impl World {
                     .any(|e| e.state == EnclaveState::Registering)
             })
         })
-    }
-}
-
-fn op_name(op: &LedgerOp) -> &'static str {
-    match op {
-        LedgerOp::Register { .. } => "REGISTER",
-        LedgerOp::Begin { .. } => "BEGIN",
-        LedgerOp::Commit { .. } => "COMMIT",
-        LedgerOp::Abort { .. } => "ABORT",
-        LedgerOp::Destroy { .. } => "DESTROY",
-        LedgerOp::Update { .. } => "UPDATE",
-        LedgerOp::HostBooted { .. } => "HOST-BOOTED",
-        LedgerOp::HostLeft { .. } => "HOST-LEFT",
-        LedgerOp::Adopt { .. } => "ADOPT",
     }
 }

@@ -1,77 +1,47 @@
-//! The crash-fault-tolerant migration store (claim 9): the ownership ledger of
-//! `godwit-proto`, replicated by openraft among the SMs of the cluster.
+//! The crash-fault-tolerant migration store (claim 9), run by the SMs themselves: each SM
+//! holds a member, raft-rs's sans-IO `RawNode` driven from inside the SM, which applies
+//! the ownership ledger of `godwit-proto` in log order, and learns every outcome of its
+//! own writes from its own applied log.
 //!
-//! Contract: this crate provides the storage side of a member — the Raft log, vote and
-//! snapshots on the host's disk, every item sealed by the SM ([`Sealer`]) so that the host
-//! can neither read nor alter them, and a member refuses to start on items that do not
-//! authenticate — and the state machine that applies ledger writes in log order. The
-//! network side (Raft RPCs over the SMs' attested channels) lives in the host daemon.
-
-// openraft's storage traits fix the (large) error type of every storage function.
-#![allow(clippy::result_large_err)]
+//! Contract: no I/O, no clock, no threads. A member takes store messages from peer SMs
+//! (authenticated by the SM's channels, and accepted only from the member they name),
+//! the host's word that a record is durable, and wake-ups (it reads the trusted timer
+//! itself); it gives back messages for peers, sealed records for the host's disk, and
+//! outcomes. The host never hands it a vote, a commit index, an outcome or a membership in
+//! the clear: it moves sealed bytes, and the member checks everything that comes back
+//! (records: authentication, a chain, and the component's monotonic counter).
 
 mod log;
-mod seal;
-mod sm;
-mod storage;
+mod member;
+mod record;
+mod state;
+mod wire;
 
-use std::io::Cursor;
-use std::sync::Arc;
+pub use log::MemLog;
+pub use member::{
+    Member, MemberConfig, MembershipChange, Opened, Output, PROPOSALS_MAX, StoreError,
+};
+pub use record::{OpenError, RECORD_BYTES_MAX, RECORDS_PER_BASE_MAX, StoreWrite};
+pub use state::{MemberInfo, Replicated};
+pub use wire::{NodeId, STORE_MESSAGE_BYTES_MAX, WireError, node_id};
 
-use godwit_proto::{LedgerOp, LedgerOutcome};
+/// Largest snapshot of the replicated state, from a peer or from disk.
+pub const SNAPSHOT_BYTES_MAX: usize = 128 * 1024 * 1024;
 
-pub use log::LogStore;
-pub use seal::{Corrupt, Sealer};
-pub use sm::{LedgerView, SNAPSHOT_BYTES_MAX, SmData, StateMachine};
-pub use storage::{OpenError, Storage};
+/// A member takes a snapshot (and writes a base record) every this many applied entries.
+pub const SNAPSHOT_EVERY_ENTRIES: u64 = 1000;
 
-/// A member's id in the Raft group (one per host).
-pub type NodeId = u64;
-
-openraft::declare_raft_types!(
-    /// The store's Raft types: entries are ledger writes, responses are ledger outcomes.
-    pub TypeConfig:
-        D = LedgerOp,
-        R = LedgerOutcome,
-);
-
-/// A Raft member running the ledger.
-pub type Raft = openraft::Raft<TypeConfig>;
-
-/// Opens a member's storage at `path`: the log store and the state machine. Fails if any
-/// stored item does not authenticate under this SM's key.
-pub fn open(path: &std::path::Path, sealer: Sealer) -> Result<(LogStore, StateMachine), OpenError> {
-    members_of(Storage::open(path, sealer)?)
+/// Whether `bytes` decode as a store message from `peer` for `me`, exactly as a member
+/// decodes them (for fuzzing: bad input is an error, never a panic).
+pub fn store_message_decodes(peer: &godwit_wire::HostId, me: NodeId, bytes: &[u8]) -> bool {
+    wire::decode(peer, me, bytes).is_ok()
 }
 
-/// As [`open`], for a member that starts over with an empty store and rejoins from its
-/// peers (its previous file was refused).
-pub fn open_empty(
-    path: &std::path::Path,
-    sealer: Sealer,
-) -> Result<(LogStore, StateMachine), OpenError> {
-    members_of(Storage::open_empty(path, sealer)?)
+/// Whether `bytes` decode and check as the replicated state a snapshot carries (for
+/// fuzzing: bad input is an error, never a panic).
+pub fn snapshot_decodes(bytes: &[u8]) -> bool {
+    Replicated::decode(bytes).is_ok()
 }
 
-fn members_of(st: Arc<Storage>) -> Result<(LogStore, StateMachine), OpenError> {
-    let sm = StateMachine::open(Arc::clone(&st)).map_err(|e| {
-        OpenError::Corrupt(Corrupt {
-            what: format!("snapshot: {e}"),
-        })
-    })?;
-    Ok((LogStore::new(st), sm))
-}
-
-/// The Raft settings of the store: short heartbeats and elections (a loopback or LAN
-/// cluster), snapshots every 1000 entries.
-pub fn raft_config() -> openraft::Config {
-    openraft::Config {
-        cluster_name: "godwit".into(),
-        heartbeat_interval: 100,
-        election_timeout_min: 400,
-        election_timeout_max: 800,
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(1000),
-        max_in_snapshot_log_to_keep: 500,
-        ..Default::default()
-    }
-}
+#[cfg(test)]
+mod tests;

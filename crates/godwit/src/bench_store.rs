@@ -1,12 +1,12 @@
-//! `godwit bench store`: commit latency of the replicated ledger on loopback, from the
-//! leader and from a follower (whose writes are forwarded over the attested channel).
+//! `godwit bench store`: commit latency of the replicated ledger on loopback, as an SM sees
+//! it — from proposing a write to its own member applying it — on the leader's host and on
+//! a follower's (whose proposal is forwarded to the leader over the attested channel).
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow, bail};
 use godwit_node::{Node, NodeConfig};
-use godwit_proto::StoreReply;
 use serde_json::json;
 
 /// The goal: p50 of a commit from the leader with 3 members.
@@ -37,25 +37,40 @@ pub async fn start_cluster(n: usize) -> Result<(Vec<Node>, std::path::PathBuf)> 
     for f in godwit_node::cluster::init(&dir, n, base)? {
         nodes.push(Node::start(NodeConfig::load(&f)?).await?);
     }
-    if nodes[0]
-        .wait_for_leader(Duration::from_secs(20))
-        .await
-        .is_none()
-    {
-        bail!("no leader elected");
+    for node in &nodes {
+        if node
+            .wait_for_leader(Duration::from_secs(30))
+            .await
+            .is_none()
+        {
+            bail!("{} found no store leader in 30 s", node.host());
+        }
     }
     Ok((nodes, dir))
 }
 
+/// The node whose SM leads the store.
+pub async fn leader(nodes: &[Node]) -> Result<&Node> {
+    let host = nodes[0]
+        .wait_for_leader(Duration::from_secs(30))
+        .await
+        .ok_or_else(|| anyhow!("no store leader"))?;
+    nodes
+        .iter()
+        .find(|n| *n.host() == host)
+        .ok_or_else(|| anyhow!("the leader {host} is not one of the nodes"))
+}
+
+/// `count` commits of a harmless write by `node`'s SM, each timed from proposal to its own
+/// member applying it.
 pub async fn samples(node: &Node, count: usize) -> Result<Vec<Duration>> {
-    let op = node.harmless_write();
     let mut out = Vec::with_capacity(count);
     for _ in 0..count {
         let t = now();
-        match node.write(op.clone()).await {
-            StoreReply::Outcome(_) => out.push(t.elapsed()),
-            StoreReply::Unavailable(why) => bail!("store unavailable: {why}"),
-        }
+        node.probe_store(Duration::from_secs(10))
+            .await
+            .map_err(|why| anyhow!("store probe from {}: {why}", node.host()))?;
+        out.push(t.elapsed());
     }
     Ok(out)
 }
@@ -73,9 +88,10 @@ pub fn run(members: &[usize], count: usize, json: bool) -> Result<ExitCode> {
             let (nodes, dir) = start_cluster(n).await?;
             // Let the initial elections and boot announcements settle.
             samples(&nodes[0], 20).await?;
+            let host = leader(&nodes).await?.host().clone();
             let leader = nodes
                 .iter()
-                .position(Node::is_leader)
+                .position(|n| *n.host() == host)
                 .ok_or_else(|| anyhow!("no leader"))?;
             let follower = (0..n).find(|&i| i != leader);
             let mut from_leader = samples(&nodes[leader], count).await?;

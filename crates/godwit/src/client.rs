@@ -341,7 +341,6 @@ pub fn cluster_add(dir: &Path, via: Option<String>) -> Result<ExitCode> {
         &ask,
         Command::AddMember {
             host: new.id.to_string(),
-            node_id: new.node_id,
             addr: new.addr.clone(),
         },
         |_, _| {},

@@ -42,7 +42,7 @@ fn happy_path_moves_state_and_ownership() {
         w.nodes[&h("a")].blobs.keys().is_empty(),
         "the source's blobs are deleted"
     );
-    let r = w.ledger.get(&id).unwrap();
+    let r = w.ledger().get(&id).cloned().unwrap();
     assert_eq!(
         (r.owner.as_str(), r.epoch, r.state.clone()),
         ("b", 1, RecordState::Running)
@@ -130,18 +130,16 @@ fn refused_at_ready_when_the_destination_is_at_its_limit() {
     // Never paused: it kept running, state intact, ledger untouched.
     assert_eq!(w.sm("a").info(id).unwrap().state, EnclaveState::Running);
     assert_eq!(w.call("a", id, "count"), "0");
-    assert_eq!(w.ledger.get(&id).unwrap().epoch, 0);
+    assert_eq!(w.ledger().get(&id).unwrap().epoch, 0);
     w.check();
 }
 
 #[test]
 fn refused_at_ready_while_the_destination_boot_is_not_recorded() {
-    let mut w = World::new(&["a", "b"]);
+    let mut w = World::new(&["a", "b", "c"]);
     let id = w.deploy("a", COUNTER);
     // b restarts, and the ledger cannot record its new boot yet.
-    w.store_up = Box::new(|host, op| {
-        !(host.as_str() == "b" && matches!(op, godwit_proto::LedgerOp::HostBooted { .. }))
-    });
+    w.cut_store("b");
     w.reboot("b");
     w.settle();
     w.sm("a").migrate(id, h("b")).unwrap();
@@ -150,9 +148,9 @@ fn refused_at_ready_while_the_destination_boot_is_not_recorded() {
     assert_eq!(err.code(), "receiver_starting");
     assert_eq!(w.sm("a").info(id).unwrap().state, EnclaveState::Running);
     // Once the boot is recorded, b receives.
-    w.store_up = Box::new(|_, _| true);
+    w.heal_store();
     assert!(w.run_until(std::time::Duration::from_secs(30), |w| {
-        w.ledger
+        w.ledger()
             .boot_of(&h("b"))
             .is_some_and(|b| godwit_hw::BootEpoch::count_of(b) == 2)
     }));
@@ -230,7 +228,7 @@ fn timeout_waiting_for_ready_leaves_the_enclave_running() {
     assert_eq!(w.sm("a").info(id).unwrap().state, EnclaveState::Running);
     assert_eq!(w.call("a", id, "get"), "1");
     assert_eq!(
-        w.ledger.get(&id).unwrap().epoch,
+        w.ledger().get(&id).unwrap().epoch,
         0,
         "nothing reached the store"
     );
@@ -269,7 +267,7 @@ fn timeout_waiting_for_a_data_chunk_aborts_and_the_source_resumes() {
         sum,
         "state unchanged at the source"
     );
-    let r = w.ledger.get(&id).unwrap();
+    let r = w.ledger().get(&id).cloned().unwrap();
     assert_eq!((r.owner.as_str(), r.epoch), ("a", 1));
     assert!(w.sm("b").info(id).is_err());
     w.check();
@@ -283,12 +281,12 @@ fn timeout_waiting_for_a_data_chunk_aborts_and_the_source_resumes() {
 
 #[test]
 fn timeout_waiting_for_the_decision_abort_wins_when_commit_cannot_reach_the_store() {
-    let mut w = World::new(&["a", "b"]);
+    let mut w = World::new(&["a", "b", "c"]);
     let id = w.deploy("a", COUNTER);
     w.call("a", id, "incr");
     // b cannot reach the store: its COMMIT never lands, so a's decision deadline passes
     // and a's ABORT wins.
-    w.store_up = Box::new(|host, _| host.as_str() != "b");
+    w.cut_store("b");
     w.sm("a").migrate(id, h("b")).unwrap();
     let err = w.finish_migration("a").unwrap_err();
     assert!(
@@ -303,7 +301,7 @@ fn timeout_waiting_for_the_decision_abort_wins_when_commit_cannot_reach_the_stor
     );
     assert_eq!(w.call("a", id, "incr"), "2");
     // b keeps asking; once the store is back, it learns ABORT won and discards its copy.
-    w.store_up = Box::new(|_, _| true);
+    w.heal_store();
     assert!(w.run_until(Duration::from_secs(60), |w| w.finished("b").len() == 1));
     assert!(matches!(
         w.finished("b")[0],
@@ -351,7 +349,7 @@ fn reboot_of_the_receiver_mid_transfer_aborts_and_the_source_resumes() {
     assert_eq!(err, AbortReason::ConnectionLost);
     assert_eq!(w.sm("a").info(id).unwrap().state, EnclaveState::Running);
     assert_eq!(w.call("a", id, "checksum"), sum);
-    assert_eq!(w.ledger.get(&id).unwrap().owner.as_str(), "a");
+    assert_eq!(w.ledger().get(&id).unwrap().owner.as_str(), "a");
     w.check();
 }
 
@@ -363,7 +361,7 @@ fn reboot_of_the_sender_mid_transfer_leaves_no_copy_running() {
     w.stall_from("a", 6);
     w.sm("a").migrate(id, h("b")).unwrap();
     w.run_until(Duration::from_secs(1), |w| {
-        w.ledger
+        w.ledger()
             .get(&id)
             .is_some_and(|r| matches!(r.state, RecordState::Migrating { .. }))
     });
@@ -393,7 +391,7 @@ fn reboot_of_the_sender_after_the_last_chunk_lets_the_receiver_commit() {
     w.sm("a").migrate(id, h("b")).unwrap();
     assert!(w.run_until(Duration::from_secs(60), |w| w.finished("b").len() == 1));
     w.reboot("a");
-    w.settle();
+    w.wait_ready();
     assert_eq!(running_at(&w, id), ["b"]);
     assert_eq!(w.call("b", id, "get"), "2");
     w.check();

@@ -5,7 +5,7 @@ use std::time::Duration;
 use godwit_enclave::EnclaveError;
 use godwit_enclave::examples::{BALLAST, COUNTER, PIN, VAULT};
 use godwit_monitor::{CallError, CallOutcome, EnclaveState, Event, MonitorError};
-use godwit_proto::{AbortReason, LedgerOp, RecordState, RefuseReason};
+use godwit_proto::{AbortReason, RecordState, RefuseReason};
 use godwit_wire::Manifest;
 
 use crate::world::{World, h};
@@ -51,8 +51,8 @@ fn a_restart_records_the_enclave_lost_and_adoption_recovers_its_sealed_data() {
     w.call("a", id, "persist");
     w.call("a", id, "incr"); // in memory only: lost with the restart
     w.reboot("a");
-    w.settle();
-    assert_eq!(w.ledger.get(&id).unwrap().state, RecordState::Lost);
+    w.wait_ready();
+    assert_eq!(w.ledger().get(&id).unwrap().state, RecordState::Lost);
     assert!(
         w.sm("a").info(id).is_err(),
         "nothing restarted from old memory"
@@ -76,7 +76,7 @@ fn a_restart_records_the_enclave_lost_and_adoption_recovers_its_sealed_data() {
     // A fresh instance: memory starts over, sealed data is there at the recorded version.
     assert_eq!(w.call("a", id, "get"), "0");
     assert_eq!(w.call("a", id, "restore"), "5");
-    assert_eq!(w.ledger.get(&id).unwrap().state, RecordState::Running);
+    assert_eq!(w.ledger().get(&id).unwrap().state, RecordState::Running);
     w.check();
 }
 
@@ -92,7 +92,7 @@ fn an_older_blob_is_refused_after_adoption_too() {
     w.call("a", id, "incr");
     w.call("a", id, "persist");
     w.reboot("a");
-    w.settle();
+    w.wait_ready();
     godwit_monitor::BlobStore::put(&*w.nodes[&h("a")].blobs, id, "count@2", &old).unwrap();
     w.sm("a")
         .adopt(id, &COUNTER.module(), COUNTER.manifest())
@@ -113,7 +113,7 @@ fn a_seal_the_ledger_never_recorded_is_dropped_and_never_opens_again() {
     w.call("a", id, "persist"); // version 1, recorded
     // The store stops answering a: the next seal is written but never recorded, and its
     // result is withheld.
-    w.store_up = Box::new(|host, _| host.as_str() != "a");
+    w.cut_store("a");
     w.call("a", id, "incr");
     assert!(matches!(
         w.sm("a").call(id, "persist", b"").unwrap(),
@@ -126,12 +126,9 @@ fn a_seal_the_ledger_never_recorded_is_dropped_and_never_opens_again() {
         .unwrap()
         .expect("written before recorded");
     w.reboot("a");
-    w.store_up = Box::new(|_, _| true);
-    w.settle();
-    w.sm("a")
-        .adopt(id, &COUNTER.module(), COUNTER.manifest())
-        .unwrap();
-    w.settle();
+    w.heal_store();
+    w.wait_ready();
+    w.adopt("a", id, COUNTER);
     // Exactly the recorded version opens, consistent with the recorded counters.
     assert_eq!(w.call("a", id, "restore"), "1");
     // The next seal takes the next version number under the new incarnation.
@@ -162,7 +159,7 @@ fn counters_survive_a_restart_and_never_go_back() {
         assert_eq!(value(w.call_raw("a", id, "inc", b"").unwrap()), i);
     }
     w.reboot("a");
-    w.settle();
+    w.wait_ready();
     w.sm("a").adopt(id, &module, manifest).unwrap();
     w.settle();
     assert_eq!(value(w.call_raw("a", id, "read", b"").unwrap()), 3);
@@ -173,7 +170,7 @@ fn counters_survive_a_restart_and_never_go_back() {
 fn a_result_that_depends_on_unrecorded_state_is_withheld() {
     let mut w = World::new(&["a"]);
     let id = w.deploy("a", COUNTER);
-    w.store_up = Box::new(|_, _| false);
+    w.cut_store_all();
     // persist seals: its result waits for the ledger; so does every later result.
     let CallOutcome::Pending(persist) = w.sm("a").call(id, "persist", b"").unwrap() else {
         panic!("persist answered before its state was recorded")
@@ -187,7 +184,7 @@ fn a_result_that_depends_on_unrecorded_state_is_withheld() {
             .iter()
             .any(|(_, e)| matches!(e, Event::CallCompleted { .. }))
     );
-    w.store_up = Box::new(|_, _| true);
+    w.heal_store();
     assert!(w.run_until(Duration::from_secs(30), |w| {
         w.events
             .iter()
@@ -206,7 +203,7 @@ fn a_result_that_depends_on_unrecorded_state_is_withheld() {
 fn a_migration_collects_only_what_the_ledger_recorded() {
     let mut w = World::new(&["a", "b"]);
     let id = w.deploy("a", VAULT);
-    w.store_up = Box::new(|host, _| host.as_str() != "a");
+    w.cut_store("a");
     let CallOutcome::Pending(_) = w.sm("a").call(id, "put", b"s3cret").unwrap() else {
         panic!()
     };
@@ -215,12 +212,12 @@ fn a_migration_collects_only_what_the_ledger_recorded() {
     // Paused, but waiting for the ledger before it collects.
     assert_eq!(w.sm("a").info(id).unwrap().state, EnclaveState::Migrating);
     assert!(matches!(
-        w.ledger.get(&id).unwrap().state,
+        w.ledger().get(&id).unwrap().state,
         RecordState::Running
     ));
-    w.store_up = Box::new(|_, _| true);
+    w.heal_store();
     w.finish_migration("a").unwrap();
-    let r = w.ledger.get(&id).unwrap();
+    let r = w.ledger().get(&id).cloned().unwrap();
     assert_eq!(r.owner.as_str(), "b");
     assert_eq!(r.durable.sealed["secret"].version, 1);
     assert_eq!(w.sm("b").call(id, "load", b"").map(|_| ()), Ok(()));
@@ -233,14 +230,20 @@ fn an_abort_after_the_sender_restarted_leaves_the_enclave_lost() {
     w.sm("a").call(id, "fill", b"3").unwrap();
     w.stall_from("a", 6);
     w.sm("a").migrate(id, h("b")).unwrap();
-    w.run_until(Duration::from_secs(1), |w| {
-        w.ledger
+    assert!(w.run_until(Duration::from_secs(1), |w| {
+        w.ledger()
             .get(&id)
             .is_some_and(|r| matches!(r.state, RecordState::Migrating { .. }))
-    });
+    }));
     w.reboot("a");
-    assert!(w.run_until(Duration::from_secs(60), |w| w.finished("b").len() == 1));
-    let r = w.ledger.get(&id).unwrap();
+    // The receiver aborts; the ledger records the sender's new boot (in either order).
+    assert!(w.run_until(Duration::from_secs(60), |w| {
+        w.finished("b").len() == 1
+            && w.ledger()
+                .get(&id)
+                .is_some_and(|r| r.state == RecordState::Lost)
+    }));
+    let r = w.ledger().get(&id).cloned().unwrap();
     assert_eq!(
         (r.owner.as_str(), r.state.clone()),
         ("a", RecordState::Lost)
@@ -264,7 +267,7 @@ fn a_call_that_changed_durable_state_and_failed_waits_for_the_ledger() {
     let mut w = World::new(&["a"]);
     let id = w.deploy("a", PIN);
     w.call_raw("a", id, "set", b"1234").unwrap();
-    w.store_up = Box::new(|_, _| false);
+    w.cut_store_all();
     // A wrong guess counts an attempt (a durable change), then fails: the failure is an
     // answer, and it waits for the ledger like a result.
     let CallOutcome::Pending(guess) = w.sm("a").call(id, "try", b"0000").unwrap() else {
@@ -272,45 +275,42 @@ fn a_call_that_changed_durable_state_and_failed_waits_for_the_ledger() {
     };
     w.run_until(Duration::from_secs(10), |_| false);
     assert_eq!(completed(&w, guess), None);
-    w.store_up = Box::new(|_, _| true);
+    w.heal_store();
     assert!(w.run_until(Duration::from_secs(30), |w| completed(w, guess).is_some()));
     assert_eq!(
         completed(&w, guess),
         Some(Err(CallError::Enclave(EnclaveError::Failed { code: -100 })))
     );
-    assert_eq!(w.ledger.get(&id).unwrap().durable.counters["attempts"], 1);
+    assert_eq!(w.ledger().get(&id).unwrap().durable.counters["attempts"], 1);
     assert_eq!(w.call("a", id, "attempts"), "1");
 }
 
 #[test]
-fn an_enclave_the_ledger_no_longer_lets_run_here_is_wiped_and_releases_nothing() {
-    let mut w = World::new(&["a", "b"]);
+fn a_host_removed_from_the_store_releases_nothing_once_its_lease_ran_out() {
+    let mut w = World::new(&["a", "b", "c"]);
     let id = w.deploy("a", COUNTER);
     w.call("a", id, "incr");
     w.call("a", id, "persist");
-    // The store records a's enclaves lost (a removed, say) while a's SM still runs E.
-    w.ledger.apply(&LedgerOp::HostLeft { host: h("a") });
-    w.call("a", id, "incr");
-    let CallOutcome::Pending(persist) = w.sm("a").call(id, "persist", b"").unwrap() else {
-        panic!("a seal was answered before it was recorded")
-    };
-    let CallOutcome::Pending(read) = w.sm("a").call(id, "get", b"").unwrap() else {
-        panic!("a later result was released before an earlier unrecorded change")
-    };
-    w.settle();
-    // The ledger refused the update: both results are withdrawn, and the instance is
-    // wiped, so nothing of its unrecorded state is ever released.
-    for call in [persist, read] {
-        assert!(matches!(
-            completed(&w, call),
-            Some(Err(CallError::Withdrawn(_)))
-        ));
+    // Another host's operator removes a while a's SM runs E: the store records E lost.
+    w.remove_member("b", "a");
+    assert_eq!(w.ledger().get(&id).unwrap().state, RecordState::Lost);
+    // A seal on a can never be recorded: its result is never released.
+    let persist = w.sm("a").call(id, "persist", b"");
+    w.run_until(Duration::from_secs(5), |_| false);
+    match persist {
+        Ok(CallOutcome::Pending(call)) => assert!(
+            !matches!(completed(&w, call), Some(Ok(_))),
+            "a seal the store never recorded was released"
+        ),
+        Ok(CallOutcome::Done(_)) => panic!("a seal released before it was recorded"),
+        Err(_) => {}
     }
-    assert_eq!(
+    // Past its lease, a answers nothing at all: not even a read.
+    assert!(!w.sm_ref("a").store_status().lease);
+    assert!(!matches!(
         w.sm("a").call(id, "get", b""),
-        Err(MonitorError::UnknownEnclave(id))
-    );
-    assert!(w.copies(id).is_empty());
+        Ok(CallOutcome::Done(_))
+    ));
 }
 
 #[test]
@@ -319,11 +319,11 @@ fn a_boot_under_a_rolled_back_count_takes_part_in_nothing() {
     let id = w.deploy("a", COUNTER);
     // b restarts twice, then its host rolls the component's boot count back.
     w.reboot("b");
-    w.settle();
+    w.wait_ready();
     w.reboot("b");
-    w.settle();
+    w.wait_ready();
     w.reboot_as("b", 1);
-    w.settle();
+    assert!(w.run_until(Duration::from_secs(30), |w| w.sm_ref("b").boot_refused()));
     assert!(
         w.events
             .iter()
@@ -340,7 +340,7 @@ fn a_boot_under_a_rolled_back_count_takes_part_in_nothing() {
         outcome.unwrap_err(),
         AbortReason::Refused(RefuseReason::StaleBoot)
     );
-    assert_eq!(w.ledger.get(&id).unwrap().owner.as_str(), "a");
+    assert_eq!(w.ledger().get(&id).unwrap().owner.as_str(), "a");
     assert_eq!(w.call("a", id, "get"), "0");
 }
 
@@ -361,7 +361,7 @@ fn an_ecall_runs_outside_the_sm_and_holds_only_its_own_enclave() {
     w.run_until(Duration::from_secs(1), |_| false);
     assert_eq!(w.sm("a").info(busy).unwrap().state, EnclaveState::Migrating);
     assert!(matches!(
-        w.ledger.get(&busy).unwrap().state,
+        w.ledger().get(&busy).unwrap().state,
         RecordState::Running
     ));
     // Back from its call, it is collected and moves.
@@ -371,7 +371,7 @@ fn an_ecall_runs_outside_the_sm_and_holds_only_its_own_enclave() {
         Ok(CallOutcome::Done(b"1".to_vec()))
     );
     w.finish_migration("a").unwrap();
-    assert_eq!(w.ledger.get(&busy).unwrap().owner.as_str(), "b");
+    assert_eq!(w.ledger().get(&busy).unwrap().owner.as_str(), "b");
 }
 
 #[test]
@@ -389,24 +389,34 @@ fn an_enclave_destroyed_while_its_ecall_runs_is_wiped_when_it_returns() {
         w.sm("a").info(id).map(|_| ()),
         Err(MonitorError::UnknownEnclave(id))
     );
-    assert!(w.ledger.get(&id).is_none());
+    assert!(w.ledger().get(&id).is_none());
 }
 
 #[test]
 fn an_enclave_revoked_while_a_migration_holds_it_answers_nothing_and_is_wiped() {
-    let mut w = World::new(&["a", "b"]);
+    let mut w = World::new(&["a", "b", "c"]);
     let id = w.deploy("a", COUNTER);
     w.call("a", id, "persist");
-    // A migration that has not got its channel yet (every frame from a held back).
-    w.stall_from("a", 0);
-    w.sm("a").migrate(id, h("b")).unwrap();
+    // A migration that has not got its channel yet (every frame from a to c held back).
+    w.stall_between("a", "c", 0);
+    w.sm("a").migrate(id, h("c")).unwrap();
     w.settle();
-    // Meanwhile the store records a's enclaves lost, and refuses the next seal.
-    w.ledger.apply(&LedgerOp::HostLeft { host: h("a") });
+    // Meanwhile a is removed (E recorded lost) and added again: a member once more, its
+    // SM never restarted, it still holds E.
+    w.remove_member("b", "a");
+    w.sm("b").add_member(h("a"), String::new()).unwrap();
+    assert!(w.run_until(Duration::from_secs(30), |w| {
+        w.sm_ref("a").store_status().voters.contains(&h("a"))
+            && w.sm_ref("a")
+                .ledger()
+                .get(&id)
+                .is_some_and(|r| r.state == RecordState::Lost)
+    }));
+    // The next seal is refused by the ledger: E is revoked, its result withdrawn.
     let CallOutcome::Pending(persist) = w.sm("a").call(id, "persist", b"").unwrap() else {
         panic!("a seal was answered before it was recorded")
     };
-    w.settle();
+    assert!(w.run_until(Duration::from_secs(30), |w| completed(w, persist).is_some()));
     assert!(matches!(
         completed(&w, persist),
         Some(Err(CallError::Withdrawn(_)))
@@ -420,8 +430,7 @@ fn an_enclave_revoked_while_a_migration_holds_it_answers_nothing_and_is_wiped() 
         w.sm("a").migrate(id, h("b")).map(|_| ()),
         Err(MonitorError::Withdrawn(id))
     );
-    // When the migration ends (its channel never opens), the enclave is wiped; its
-    // blobs stay, for adoption.
+    // When the migration ends, the enclave is wiped; its blobs stay, for adoption.
     w.release();
     assert!(w.run_until(Duration::from_secs(60), |w| w.finished("a").len() == 1));
     assert_eq!(
@@ -440,25 +449,32 @@ fn a_late_adoption_reply_never_touches_a_later_life_of_the_enclave() {
     let id = w.deploy("a", COUNTER);
     w.call("a", id, "persist");
     w.reboot("a");
-    w.settle();
-    // The first adoption's write reaches the store; nothing else does, for now.
-    let mut adoptions = 0;
-    w.store_up = Box::new(move |_, op| {
-        let first = matches!(op, LedgerOp::Adopt { .. }) && adoptions == 0;
-        adoptions += usize::from(matches!(op, LedgerOp::Adopt { .. }));
-        first
-    });
+    w.wait_ready();
+    let registered = |w: &World| {
+        w.events
+            .iter()
+            .filter(|(_, e)| matches!(e, Event::Registered { enclave } if *enclave == id))
+            .count()
+    };
+    let before = registered(&w);
+    // The host adopts, destroys that life before the store answers, and adopts again: the
+    // store applies adopt, destroy, adopt, in that order.
     w.sm("a")
         .adopt(id, &COUNTER.module(), COUNTER.manifest())
         .unwrap();
-    // The host destroys that life before the reply, and adopts again.
     w.sm("a").destroy(id).unwrap();
     w.sm("a")
         .adopt(id, &COUNTER.module(), COUNTER.manifest())
         .unwrap();
-    w.settle();
-    // The first adoption's reply belongs to a life that is gone: the second still waits.
-    assert_eq!(w.sm("a").info(id).unwrap().state, EnclaveState::Registering);
+    w.run_until(Duration::from_secs(10), |_| false);
+    // The first adoption's answer belonged to a life that is gone: the second life never
+    // ran on it, and its own adoption is refused (the record was destroyed).
+    assert_eq!(registered(&w), before);
+    assert_eq!(
+        w.sm("a").info(id).map(|_| ()),
+        Err(MonitorError::UnknownEnclave(id))
+    );
+    assert!(w.ledger().get(&id).is_none());
 }
 
 #[test]

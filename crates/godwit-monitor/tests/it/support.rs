@@ -2,36 +2,44 @@ use std::sync::Arc;
 
 use godwit_attest::Policy;
 use godwit_enclave::examples::Example;
-use godwit_hw::{Manufacturer, SimHardware};
+use godwit_hw::{Manufacturer, SimClock, SimHardware};
 use godwit_monitor::{
-    Action, CallOutcome, Event, MemoryBlobStore, Monitor, MonitorConfig, MonitorError,
-    sm_measurement,
+    Action, CallOutcome, Event, MemberConfig, MemoryBlobStore, Monitor, MonitorConfig,
+    MonitorError, sm_measurement,
 };
-use godwit_proto::{Ledger, StoreReply, TimeoutConfig};
+use godwit_proto::TimeoutConfig;
 use godwit_wire::{EnclaveId, HostId};
 
-/// One SM with a private ledger answering its store writes at once.
+/// One SM that is the whole store by itself (a single member, records durable at once),
+/// on a virtual clock.
 pub struct Host {
     pub sm: Monitor,
     pub blobs: Arc<MemoryBlobStore>,
-    pub ledger: Ledger,
+    pub clock: SimClock,
     pub events: Vec<Event>,
 }
 
 impl Host {
-    /// Answers every pending store write; keeps the events.
+    /// Carries out what the SM asks (records durable at once), keeping the events, and
+    /// lets virtual time pass until the SM asks for nothing more and holds its lease.
     pub fn settle(&mut self) {
-        while let Some(action) = self.sm.poll_action() {
-            match action {
-                Action::Store { request, op } => {
-                    let outcome = self.ledger.apply(&op);
-                    self.sm
-                        .handle_store_reply(request, StoreReply::Outcome(outcome));
+        for _ in 0..1000 {
+            let mut moved = false;
+            while let Some(action) = self.sm.poll_action() {
+                moved = true;
+                match action {
+                    Action::Persist(w) => self.sm.persisted(w.number),
+                    Action::Event(e) => self.events.push(e),
+                    _ => {}
                 }
-                Action::Event(e) => self.events.push(e),
-                _ => {}
             }
+            if !moved && self.sm.store_status().lease {
+                return;
+            }
+            self.clock.advance(std::time::Duration::from_millis(10));
+            self.sm.handle_timeout();
         }
+        panic!("the single-member store did not settle within 10 virtual seconds");
     }
 
     /// An ecall's result, waiting (by settling the store) for a withheld one.
@@ -62,7 +70,7 @@ impl Host {
 pub fn host(name: &str, secret: u8) -> Host {
     let m = Manufacturer::from_seed([9; 32]);
     let id = m.provision_from_secret(HostId::new(name).unwrap(), [secret; 32].into());
-    let (hw, _clock) = SimHardware::new(id, sm_measurement(), u64::from(secret));
+    let (hw, clock) = SimHardware::new(id, sm_measurement(), u64::from(secret));
     let blobs = Arc::new(MemoryBlobStore::default());
     let config = MonitorConfig {
         policy: Policy {
@@ -72,12 +80,16 @@ pub fn host(name: &str, secret: u8) -> Host {
         },
         timeouts: TimeoutConfig::default(),
         memory_budget_bytes: u64::MAX,
+        store: MemberConfig {
+            founders: vec![HostId::new(name).unwrap()],
+            ..MemberConfig::default()
+        },
     };
-    let sm = Monitor::new(Arc::new(hw), blobs.clone(), config).unwrap();
+    let (sm, _) = Monitor::new(Arc::new(hw), blobs.clone(), config, &[]).unwrap();
     let mut h = Host {
         sm,
         blobs,
-        ledger: Ledger::new(),
+        clock,
         events: Vec::new(),
     };
     h.settle();

@@ -391,12 +391,12 @@ fn an_older_sealed_blob_is_refused_and_the_newer_one_still_opens() {
 }
 
 #[test]
-fn an_older_store_file_is_refused_and_the_member_rejoins() {
+fn older_store_records_are_refused_and_the_member_rejoins() {
     let mut p = Processes::start(3);
-    let store = p.dir.path().join("c/host3/store.redb");
-    let old = p.dir.path().join("host3-store-old.redb");
+    let store = p.dir.path().join("c/host3/store");
+    let old = p.dir.path().join("host3-store-old");
     p.kill(3);
-    std::fs::copy(&store, &old).unwrap();
+    copy_segments(&store, &old);
     p.spawn(3);
     p.wait_ready(3);
     // host3 votes and appends while the cluster works.
@@ -408,23 +408,43 @@ fn an_older_store_file_is_refused_and_the_member_rejoins() {
         "host3 to see the migration",
         || record(&p, 3, &id).is_some_and(|r| r["owner"] == "host2"),
     );
-    // The host hands host3 its older, authentic store file.
+    // The host hands host3 its older, authentic records.
     p.kill(3);
-    std::fs::copy(&old, &store).unwrap();
+    for e in std::fs::read_dir(&store).unwrap() {
+        let path = e.unwrap().path();
+        if path.extension().is_some_and(|x| x == "seg") {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    copy_segments(&old, &store);
     p.spawn(3);
     poll(Duration::from_secs(60), "host3 to rejoin", || {
         record(&p, 3, &id).is_some_and(|r| r["owner"] == "host2")
     });
     p.wait_boot_recorded(3);
-    assert!(p.dir.path().join("c/host3/store.redb.stale-1").exists());
+    assert!(
+        store.join("refused-1").is_dir(),
+        "the older records are kept aside"
+    );
     let log = std::fs::read_to_string(p.dir.path().join("host3.log")).unwrap();
     assert!(
-        log.contains("older than this SM's last write"),
+        log.contains("an older copy was handed back"),
         "the refusal names the rollback:\n{log}"
     );
     // The rejoined member takes part again: the enclave moves to it, state intact.
     p.ok(2, &["migrate", &id, "--to", "host3"]);
     assert_eq!(p.ok(3, &["call", &id, "get"]), "1");
+}
+
+/// Copies the record segments of one store directory into another.
+pub fn copy_segments(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let path = e.unwrap().path();
+        if path.extension().is_some_and(|x| x == "seg") {
+            std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
+        }
+    }
 }
 
 #[test]

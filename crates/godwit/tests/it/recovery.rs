@@ -105,39 +105,34 @@ fn migrations_complete_with_one_follower_down() {
 
 #[test]
 fn a_member_with_a_corrupted_store_rejoins_from_its_peers() {
-    use redb::{ReadableTable, TableDefinition};
-    const LOGS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("logs");
     let mut p = Processes::start(3);
     let id = p.deploy(1, "counter");
     p.ok(1, &["call", &id, "incr"]);
-    // The host alters one sealed log entry of host3 while it is down.
+    // The host alters one sealed record of host3 while it is down, and mends the frame's
+    // checksum (which only the host reads): only the SM can tell.
     p.kill(3);
-    let store = p.dir.path().join("c/host3/store.redb");
-    {
-        let db = redb::Database::create(&store).unwrap();
-        let tx = db.begin_write().unwrap();
-        {
-            let mut t = tx.open_table(LOGS).unwrap();
-            let (k, mut v) = {
-                let (k, v) = t.first().unwrap().unwrap();
-                (k.value(), v.value().to_vec())
-            };
-            let last = v.len() - 1;
-            v[last] ^= 1;
-            t.insert(k, v.as_slice()).unwrap();
-        }
-        tx.commit().unwrap();
-    }
+    let store = p.dir.path().join("c/host3/store");
+    let segment = std::fs::read_dir(&store)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "seg"))
+        .expect("a record segment");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let len = u32::from_be_bytes(bytes[..4].try_into().unwrap()) as usize;
+    bytes[8 + len - 1] ^= 1;
+    let crc = crc32fast::hash(&bytes[8..8 + len]);
+    bytes[4..8].copy_from_slice(&crc.to_be_bytes());
+    std::fs::write(&segment, &bytes).unwrap();
     p.spawn(3);
-    // It refuses the corrupted store (kept aside), starts empty, and catches up from the
-    // others: it then knows the enclave and can receive it.
+    // It refuses the corrupted records (kept aside), starts empty, and catches up from
+    // the others: it then knows the enclave and can receive it.
     poll(Duration::from_secs(60), "host3 to rejoin", || {
         record(&p, 3, &id).is_some()
     });
     p.wait_boot_recorded(3);
-    assert!(p.dir.path().join("c/host3/store.redb.corrupt-1").exists());
+    assert!(store.join("refused-1").is_dir());
     let log = std::fs::read_to_string(p.dir.path().join("host3.log")).unwrap();
-    assert!(log.contains("store corrupted"), "{log}");
+    assert!(log.contains("authentication failed"), "{log}");
     p.ok(1, &["migrate", &id, "--to", "host3"]);
     assert_eq!(p.ok(3, &["call", &id, "get"]), "1");
 }
