@@ -192,7 +192,7 @@ impl Monitor {
         self.note_durable(id);
         let call = CallId(self.next_call);
         self.next_call += 1;
-        let lease = self.lease_held();
+        let lease = self.may_release(id);
         // Invariant: the entry is still here (checked above, nothing removed it since).
         let d = &mut self.enclaves.get_mut(&id).expect("present").durability;
         // Released now only if nothing it depends on waits for the ledger, nothing before
@@ -292,7 +292,7 @@ impl Monitor {
     /// Releases the withheld outcomes of `id` whose durable state the ledger recorded, in
     /// call order, if the SM holds a lease.
     pub(crate) fn release_withheld(&mut self, id: EnclaveId) {
-        if !self.lease_held() {
+        if !self.may_release(id) {
             return;
         }
         let Some(r) = self.enclaves.get_mut(&id) else {
@@ -448,18 +448,6 @@ impl Monitor {
         if self.enclaves.contains_key(&id) || self.migrations.holds_enclave(&id) {
             return Err(MonitorError::AlreadyMigrating(id));
         }
-        // An enclave lost with its host's removal: that host may still hold a lease (and
-        // answer) until it has surely run out on this SM's timer.
-        if let Some(r) = self.ledger().get(&id)
-            && r.state == RecordState::Lost
-            && !self.removal_settled(&r.owner.clone())
-        {
-            let wait = self.config.store.lease + self.config.store.lease_drift;
-            return Err(MonitorError::AdoptionWaits {
-                id,
-                wait_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
-            });
-        }
         let loaded = self.load_within_limit(module, manifest)?;
         let app = loaded.measurement();
         let services =
@@ -506,9 +494,13 @@ impl Monitor {
                 r.incarnation = record.incarnation;
                 r.enclave = Some(e);
                 r.epoch = record.epoch;
-                r.state = EnclaveState::Running;
-                tracing::info!(enclave = %id, epoch = record.epoch, "lost enclave adopted");
-                self.event(Event::Registered { enclave: id });
+                // The last owner may still hold a lease, and answer, until it has surely
+                // run out: the instance runs a lease and the drift bound after the adoption
+                // applied here (whatever made the enclave lost, and however this SM learned
+                // it: the owner's last lease began before the loss was committed).
+                let wait = self.config.store.lease + self.config.store.lease_drift;
+                r.runs_at = Some(self.hw.now().saturating_add(wait));
+                tracing::info!(enclave = %id, epoch = record.epoch, wait_ms = wait.as_millis(), "lost enclave adopted; it runs once the last owner's lease has run out");
             }
             StoreReply::Unavailable(why) => {
                 tracing::warn!(enclave = %id, %why, "store unavailable; adopting again");
@@ -538,5 +530,59 @@ impl Monitor {
                 });
             }
         }
+    }
+
+    /// Adopted instances whose wait is over run now, if the ledger still lets them.
+    pub(crate) fn adoption_timeouts(&mut self, now: godwit_hw::TrustedInstant) {
+        let due: Vec<EnclaveId> = self
+            .enclaves
+            .iter()
+            .filter(|(_, r)| {
+                r.runs_at
+                    .is_some_and(|t| now.is_at_or_after(t).unwrap_or(true))
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            let licensed = self.ledger().get(&id).is_some_and(|rec| {
+                rec.owner == *self.host()
+                    && rec.owner_boot == self.hw.boot_epoch().to_bytes()
+                    && rec.state == RecordState::Running
+            });
+            let Some(r) = self.enclaves.get_mut(&id) else {
+                continue;
+            };
+            r.runs_at = None;
+            if licensed && r.state == EnclaveState::Registering {
+                r.state = EnclaveState::Running;
+                tracing::info!(enclave = %id, "adopted enclave runs");
+                self.event(Event::Registered { enclave: id });
+            } else {
+                self.wipe(
+                    id,
+                    "the ledger no longer lets this host run the adopted enclave",
+                    BlobFate::Keep,
+                );
+                self.event(Event::RegistrationRefused {
+                    enclave: id,
+                    reason: "the ledger no longer lets this host run it".into(),
+                });
+            }
+        }
+    }
+
+    /// Whether results of `id` may be released now: the SM holds a lease, and its own
+    /// applied ledger records `id` as this boot's (running, or migrating away but not yet
+    /// committed elsewhere).
+    pub(crate) fn may_release(&self, id: EnclaveId) -> bool {
+        self.lease_held()
+            && self.ledger().get(&id).is_some_and(|r| {
+                r.owner == *self.host()
+                    && r.owner_boot == self.hw.boot_epoch().to_bytes()
+                    && matches!(
+                        r.state,
+                        RecordState::Running | RecordState::Migrating { .. }
+                    )
+            })
     }
 }

@@ -163,17 +163,6 @@ pub enum MonitorError {
     /// The store could not take the request.
     #[error("store: {0}")]
     Store(String),
-    /// A lost enclave of a host removed from the store may be adopted only once the lease
-    /// that host may still hold has surely run out.
-    #[error(
-        "enclave {id} was lost with its host's removal; it may be adopted in {wait_ms} ms, once the removed host's lease has surely run out"
-    )]
-    AdoptionWaits {
-        /// The enclave.
-        id: EnclaveId,
-        /// How long to wait, on this SM's trusted timer.
-        wait_ms: u64,
-    },
     /// This SM's store member does not know its store yet (it is joining or catching up).
     #[error("this host's store member is not part of a store yet; try again shortly")]
     StoreStarting,
@@ -373,6 +362,10 @@ struct Resident {
     /// The ledger refused its state while an outgoing migration held it: it answers
     /// nothing more, and is wiped when the migration lets go of it instead of resuming.
     revoked: Option<BlobFate>,
+    /// An adopted instance whose adoption the ledger applied: it runs from this time on
+    /// the trusted timer (a lease and the drift bound after the adoption applied here, so
+    /// that the last owner's lease has surely run out).
+    runs_at: Option<godwit_hw::TrustedInstant>,
 }
 
 /// What a wipe does with the instance's sealed blobs on the host's disk.
@@ -405,6 +398,7 @@ impl Resident {
             token,
             doomed: None,
             revoked: None,
+            runs_at: None,
         }
     }
 
@@ -903,6 +897,7 @@ impl Monitor {
             .chain(self.migrations.timeouts())
             .chain(retries)
             .chain(self.admitting.values().filter_map(|a| a.redial))
+            .chain(self.enclaves.values().filter_map(|r| r.runs_at))
             .chain(std::iter::once(self.store.poll_timeout()))
         {
             earliest = Some(match earliest {
@@ -921,6 +916,7 @@ impl Monitor {
         self.store.handle_timeout();
         self.net_timeouts(now);
         self.admission_timeouts(now);
+        self.adoption_timeouts(now);
         self.migration_timeouts(now);
         let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.retries)
             .into_iter()

@@ -246,6 +246,31 @@ impl Monitor {
         id
     }
 
+    /// The SM's connections, for debugging: id, peer, whether dialled, whether they carry
+    /// the store, phase, frames waiting, store bytes waiting.
+    pub fn connections_debug(&self) -> String {
+        let mut out = String::new();
+        for (id, c) in &self.net.conns {
+            let phase = match &c.state {
+                State::Dialing => "dialing",
+                State::AwaitClientHello => "await-client-hello",
+                State::AwaitServerHello(_) => "await-server-hello",
+                State::AwaitClientFinish(_) => "await-client-finish",
+                State::Open(_) => "open",
+            };
+            out += &format!(
+                "{id}: {:?} dialled={} store={} {phase} outbox={} store_queued={} pending={}; ",
+                c.peer.as_ref().map(HostId::as_str),
+                c.dialled,
+                c.store,
+                c.outbox.len(),
+                c.store_queued,
+                c.pending_store.len()
+            );
+        }
+        out
+    }
+
     /// The host established the connection it was asked to dial: the SM starts the
     /// handshake.
     pub fn connected(&mut self, conn: ConnId) {

@@ -1,6 +1,24 @@
 //! The SM's store member in the SM: its messages ride the SM's attested channels, its
 //! records go to the host's disk sealed, and the SM learns every outcome of its writes
 //! from the member's own applied log — never from the host.
+//!
+//! The host has no entry point through which to hand the SM a store outcome (the first
+//! wave's `handle_store_reply` let a hostile daemon answer an ABORT with "applied, you
+//! own it" while the receiver ran):
+//!
+//! ```compile_fail
+//! fn forge(sm: &mut godwit_monitor::Monitor, reply: godwit_proto::StoreReply) {
+//!     sm.handle_store_reply(godwit_monitor::RequestId(0), reply);
+//! }
+//! ```
+//!
+//! nor one that hands out the hardware component (it let the host derive any sealing key):
+//!
+//! ```compile_fail
+//! fn keys(sm: &godwit_monitor::Monitor, app: &godwit_wire::Measurement) {
+//!     let _ = sm.hardware().sealing_key(app);
+//! }
+//! ```
 
 use godwit_proto::{Ledger, LedgerOp, RecordState, StoreReply};
 use godwit_store::Output;
@@ -12,6 +30,8 @@ use crate::{Action, BlobFate, EnclaveState, Event, Monitor, MonitorError, Reques
 pub const ADMISSION_WINDOW: std::time::Duration = std::time::Duration::from_secs(300);
 /// How soon it dials such a host again after a failed attempt.
 const ADMISSION_REDIAL: std::time::Duration = std::time::Duration::from_secs(1);
+/// Most store probes under way at once.
+const PROBES_MAX: usize = 16;
 /// Most hosts being admitted at once.
 const ADMISSIONS_MAX: usize = 16;
 
@@ -68,6 +88,7 @@ impl Monitor {
                     self.store_reply(RequestId(seq), reply);
                 }
                 Output::LeaseRenewed => self.release_all(),
+                Output::Applied => applied = true,
                 Output::Membership(change) => {
                     applied = true;
                     tracing::info!(?change, "store membership changed");
@@ -130,6 +151,16 @@ impl Monitor {
     pub fn add_member(&mut self, host: HostId, addr: String) -> Result<(), MonitorError> {
         if host == *self.host() {
             return Err(MonitorError::BadDestination(host));
+        }
+        if self.store.is_member(&host) {
+            return Err(MonitorError::Store(format!("{host} is a member already")));
+        }
+        if addr.len() > godwit_store::ADDR_BYTES_MAX {
+            return Err(MonitorError::Store(format!(
+                "an address of {} bytes (at most {})",
+                addr.len(),
+                godwit_store::ADDR_BYTES_MAX
+            )));
         }
         if self.admitting.len() >= ADMISSIONS_MAX && !self.admitting.contains_key(&host) {
             return Err(MonitorError::Store(format!(
@@ -221,6 +252,16 @@ impl Monitor {
             host: self.host().clone(),
             boot: self.hw.boot_epoch().to_bytes(),
         };
+        let probes = self
+            .requests
+            .values()
+            .filter(|p| matches!(p, crate::Pending::Probe(_)))
+            .count();
+        if probes >= PROBES_MAX {
+            return Err(MonitorError::Store(format!(
+                "{PROBES_MAX} probes are under way already"
+            )));
+        }
         let seq = self
             .store
             .propose(op)
@@ -308,12 +349,6 @@ impl Monitor {
         for id in ids {
             self.release_withheld(id);
         }
-    }
-
-    /// Whether a lost enclave owned by `owner` may be adopted now (see
-    /// [`godwit_store::Member::removal_settled`]).
-    pub(crate) fn removal_settled(&self, owner: &HostId) -> bool {
-        self.store.removal_settled(owner, self.hw.now())
     }
 
     /// The store this SM belongs to, once known.

@@ -10,6 +10,8 @@ pub mod cluster;
 pub mod config;
 pub mod control;
 mod disk;
+#[cfg(feature = "hostile")]
+mod hostile;
 mod metrics;
 mod node;
 mod records;

@@ -225,6 +225,11 @@ impl Inner {
             let last = batch.last().map_or(0, |w| w.number);
             let bytes: usize = batch.iter().map(|w| w.bytes.len()).sum();
             let count = batch.len();
+            #[cfg(feature = "hostile")]
+            if crate::hostile::lies_about_durability() {
+                self.with(|m| m.persisted(last));
+                continue;
+            }
             let log = Arc::clone(&self.records);
             let start = host_now();
             let written =
@@ -377,6 +382,8 @@ impl Inner {
                         m.poll_transmit(conn)
                     });
                     let Some(frame) = frame else { break };
+                    #[cfg(feature = "hostile")]
+                    crate::hostile::sent(conn, &frame);
                     if write_frame(&mut wr, &frame).await.is_err() {
                         return;
                     }
@@ -421,6 +428,10 @@ impl Inner {
             }
             if max == FRAME_BYTES_MAX {
                 self.with(|m| m.handle_frame(conn, frame));
+                #[cfg(feature = "hostile")]
+                if let Some(mut forged) = crate::hostile::after_read(conn, frame) {
+                    self.with(|m| m.handle_frame(conn, &mut forged));
+                }
             } else {
                 max = self.with(|m| {
                     m.handle_frame(conn, frame);
@@ -566,6 +577,8 @@ impl Node {
             .policy()
             .map_err(|(f, r)| NodeError::Start(format!("policy.{f}: {r}")))?;
         let token = read_token(&cfg.control.token_file)?;
+        #[cfg(feature = "hostile")]
+        let _ = crate::hostile::attack();
         let store_dir = cfg.store_dir();
         let store_err = |source| NodeError::Store {
             dir: store_dir.display().to_string(),

@@ -176,6 +176,9 @@ pub(crate) struct Host {
     owed: f64,
     /// How late this host delivers timer expiries to its SM.
     lateness: u64,
+    /// The SM's earliest deadline as last seen, and the virtual time the host wakes it
+    /// for it (fixed once computed: a deadline that came due is not put off again).
+    wake: Option<(godwit_hw::TrustedInstant, u64)>,
 }
 
 /// One end of a connection: host, boot, the SM's connection id.
@@ -417,6 +420,7 @@ impl World {
                 rate: 1.0,
                 owed: 0.0,
                 lateness: 0,
+                wake: None,
             });
         }
         for i in 0..n {
@@ -666,17 +670,29 @@ impl World {
     }
 
     /// When host `i`'s SM next needs its timer, in virtual time (with the host's lateness).
-    fn timer_due(&self, i: usize) -> Option<u64> {
-        let h = &self.hosts[i];
-        let wait = h.sm.as_ref()?.timeout_in()?;
+    fn timer_due(&mut self, i: usize) -> Option<u64> {
+        let now = self.now;
+        let h = &mut self.hosts[i];
+        let sm = h.sm.as_ref()?;
+        let at = sm.poll_timeout()?;
+        if let Some((seen, wake)) = h.wake
+            && seen == at
+        {
+            return Some(wake);
+        }
+        let wait = sm.timeout_in()?;
         let virt = (wait.as_nanos() as f64 / h.rate).ceil() as u64;
-        Some(self.now + virt + h.lateness)
+        let wake = now + virt + h.lateness;
+        h.wake = Some((at, wake));
+        Some(wake)
     }
 
     fn next_step(&mut self, end: u64) -> Result<(), String> {
         let queued = self.queue.keys().next().map(|&(t, _)| t);
         let timer = (0..self.hosts.len())
             .filter_map(|i| self.timer_due(i).map(|t| (t, i)))
+            .collect::<Vec<_>>()
+            .into_iter()
             .min();
         match (queued, timer) {
             (Some(q), Some((t, i))) if t < q => self.fire_timer(t, i),
@@ -1519,9 +1535,10 @@ impl World {
                     );
                     if !self.boot_recorded(h) {
                         return Some(format!(
-                            "{}'s boot is not in its ledger ({store}; {})",
+                            "{}'s boot is not in its ledger ({store}; {}; connections: {})",
                             h.id,
-                            sm.store_debug()
+                            sm.store_debug(),
+                            sm.connections_debug()
                         ));
                     }
                     if !sm.holds_lease() {

@@ -19,7 +19,8 @@ mod wire;
 
 pub use log::MemLog;
 pub use member::{
-    Member, MemberConfig, MembershipChange, Opened, Output, PROPOSALS_MAX, StoreError,
+    ADDR_BYTES_MAX, Member, MemberConfig, MembershipChange, Opened, Output, PROPOSAL_BYTES_MAX,
+    PROPOSALS_MAX, RECORDS_AHEAD_MAX, StoreError,
 };
 pub use record::{OpenError, RECORD_BYTES_MAX, RECORDS_PER_BASE_MAX, StoreWrite};
 pub use state::{MemberInfo, Replicated};

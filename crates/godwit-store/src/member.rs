@@ -83,6 +83,9 @@ pub enum Output {
     },
     /// The member heard from a store majority: the lease runs again.
     LeaseRenewed,
+    /// The member applied entries or installed a snapshot: the SM's view of the ledger
+    /// moved on (it then drops what the ledger no longer lets it run).
+    Applied,
     /// A membership change was applied.
     Membership(MembershipChange),
 }
@@ -112,6 +115,9 @@ pub enum StoreError {
     /// The sender was removed from the store.
     #[error("{0} was removed from the store")]
     Removed(HostId),
+    /// A proposal or a forwarded entry over [`PROPOSAL_BYTES_MAX`].
+    #[error("a proposal of {0} bytes (the limit is {PROPOSAL_BYTES_MAX})")]
+    TooLarge(usize),
     /// A proposal forwarded on behalf of another host.
     #[error("{peer} forwarded a write on behalf of {author}")]
     NotOnBehalf {
@@ -159,6 +165,15 @@ const PROPOSAL_TIMEOUT: Duration = Duration::from_millis(2500);
 const PROPOSAL_RETRY: Duration = Duration::from_millis(300);
 /// Lease probes kept waiting for an answer.
 const READS_MAX: usize = 8;
+/// Most records sealed and not yet reported durable. A new run of the member numbers its
+/// records past the last one found and past the counter by more than this, so that no
+/// record an earlier run sealed and never reported (the host may keep them) can follow
+/// the new run's once it is durable.
+pub const RECORDS_AHEAD_MAX: u64 = 256;
+/// Largest proposal, and largest entry accepted from a forwarding member.
+pub const PROPOSAL_BYTES_MAX: usize = 1024 * 1024;
+/// Longest member address.
+pub const ADDR_BYTES_MAX: usize = 255;
 /// How often a member tells the others it is up.
 const HELLO_EVERY: Duration = Duration::from_millis(500);
 /// Most peers whose last message time is kept.
@@ -212,9 +227,14 @@ pub struct Member {
     /// to what the leader had committed when it answered a probe (`Some(index)` once
     /// known).
     rejoining: Option<Option<u64>>,
-    /// When this member applied each host's removal (in this boot).
-    left_at: BTreeMap<HostId, TrustedInstant>,
-    booted_at: TrustedInstant,
+    /// Random per run: binds this run's lease probes, so that an answer to an earlier
+    /// run's probe (same member, same sequence number) renews nothing.
+    run: u64,
+    /// Leases confirmed by a majority, waiting until this member applied up to the read
+    /// index (its state is then at least as new as what the majority had committed).
+    awaiting: Vec<(TrustedInstant, u64)>,
+    /// The applied index last reported with [`Output::Applied`].
+    reported_applied: u64,
     records_since_base: usize,
     /// Hosts whose removal is in the log, not yet applied.
     removing: BTreeSet<HostId>,
@@ -342,7 +362,19 @@ impl Member {
         let host = hw.host().clone();
         let id = node_id(&host);
         let mut chain = Chain::new(Arc::clone(&hw), 1, [0; 32]);
-        let (log, opened, base, rejoining) = match chain.restore(records) {
+        let (_, counted) = unpack(hw.nv_counter().get());
+        let restored = chain.restore(records).and_then(|r| {
+            // Invariant kept by this SM: it sealed only snapshots it had checked. A state
+            // that no longer decodes (a build with other limits) is refused, not trusted.
+            if r.log.snapshot.data.is_empty() || Replicated::decode(&r.log.snapshot.data).is_ok() {
+                Ok(r)
+            } else {
+                Err(OpenError::Corrupt {
+                    what: "the snapshot in the base record (it does not decode)".into(),
+                })
+            }
+        });
+        let (log, opened, rejoining) = match restored {
             Ok(r) if records.is_empty() => {
                 let mut log = r.log;
                 if config.founders.contains(&host) {
@@ -354,12 +386,11 @@ impl Member {
                     };
                     log.entries = entries;
                 }
-                (log, Opened::Fresh, true, false)
+                (log, Opened::Fresh, false)
             }
-            Ok(r) => (r.log, Opened::Restored, false, r.rejoining),
+            Ok(r) => (r.log, Opened::Restored, r.rejoining),
             Err(e) => {
-                let (term, number) = unpack(hw.nv_counter().get());
-                chain = Chain::new(Arc::clone(&hw), number + 1, [0; 32]);
+                let (term, _) = unpack(hw.nv_counter().get());
                 // It may have voted in `term`: it votes there for nobody.
                 let log = MemLog {
                     hard_state: HardStateImage {
@@ -370,16 +401,28 @@ impl Member {
                     ..MemLog::default()
                 };
                 tracing::error!(error = %e, "store records refused; rejoining from the peers with an empty log");
-                (log, Opened::Refused(e), true, true)
+                (log, Opened::Refused(e), true)
             }
         };
+        // This run's records start past every record an earlier run may have sealed and
+        // never reported (at most RECORDS_AHEAD_MAX past the counter, or past the last
+        // record found): once its first record (a base) is durable and counted, every
+        // such record is behind the counter, so a host cannot resume an older branch.
+        let found = match &opened {
+            Opened::Restored => chain.next.saturating_sub(1),
+            _ => 0,
+        };
+        chain = Chain::new(
+            Arc::clone(&hw),
+            found.max(counted) + RECORDS_AHEAD_MAX + 1,
+            [0; 32],
+        );
         let applied = log.snapshot.index;
         let state = if log.snapshot.data.is_empty() {
             Replicated::default()
         } else {
-            // Invariant: the records authenticated, and this SM wrote the snapshot after
-            // checking it.
-            Replicated::decode(&log.snapshot.data).expect("this SM's own snapshot decodes")
+            // Checked above.
+            Replicated::decode(&log.snapshot.data).unwrap_or_default()
         };
         let conf = log.snapshot.conf.conf_state();
         let logger = slog::Logger::root(slog::Drain::fuse(Log), slog::o!());
@@ -405,8 +448,13 @@ impl Member {
             tick_period: config.tick,
             soft: (0, 0, StateRole::Follower),
             rejoining: rejoining.then_some(None),
-            left_at: BTreeMap::new(),
-            booted_at: now,
+            run: {
+                let mut r = [0u8; 8];
+                hw.fill_random(&mut r);
+                u64::from_be_bytes(r)
+            },
+            awaiting: Vec::new(),
+            reported_applied: 0,
             records_since_base: 0,
             removing: BTreeSet::new(),
             peers: BTreeMap::new(),
@@ -416,9 +464,9 @@ impl Member {
             config,
             hw,
         };
-        if base {
-            m.write_base();
-        }
+        // Every run starts with a base record: the first of its own numbers.
+        m.write_base();
+        m.note_removals();
         m.pick_tick_period();
         m.drive();
         (m, opened)
@@ -433,6 +481,12 @@ impl Member {
     /// When this member last took a message from each peer that sent one.
     pub fn heard(&self) -> &BTreeMap<HostId, TrustedInstant> {
         &self.heard
+    }
+
+    /// Whether `host` is a voter or a learner now.
+    pub fn is_member(&self, host: &HostId) -> bool {
+        let id = node_id(host);
+        self.conf.voters.contains(&id) || self.conf.learners.contains(&id)
     }
 
     /// This member's id.
@@ -491,18 +545,6 @@ impl Member {
             .is_some_and(|until| matches!(now.is_at_or_after(until), Ok(false)))
     }
 
-    /// Whether an enclave lost with `host`'s removal may be adopted at `now`: the lease
-    /// and the drift bound have passed on this trusted timer since this member applied the
-    /// removal (or since it booted, if it applied it before).
-    pub fn removal_settled(&self, host: &HostId, now: TrustedInstant) -> bool {
-        if !self.state.left.contains(host) {
-            return true;
-        }
-        let since = self.left_at.get(host).copied().unwrap_or(self.booted_at);
-        now.duration_since(since)
-            .is_ok_and(|d| d >= self.config.lease + self.config.lease_drift)
-    }
-
     /// The next thing the SM must do for the member, if any.
     pub fn poll_output(&mut self) -> Option<Output> {
         self.outputs.pop_front()
@@ -518,6 +560,10 @@ impl Member {
     pub fn propose(&mut self, op: LedgerOp) -> Result<u64, StoreError> {
         if self.proposals.len() >= PROPOSALS_MAX {
             return Err(StoreError::Busy);
+        }
+        let bytes = godwit_wire::encode(&op).len();
+        if bytes > PROPOSAL_BYTES_MAX - 1024 {
+            return Err(StoreError::TooLarge(bytes));
         }
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -554,6 +600,12 @@ impl Member {
     /// Asks the store to add `host` (listening at `addr`) as a learner; the leader makes it
     /// a voter once it caught up. The SM calls this only once it attested `host`.
     pub fn add_member(&mut self, host: &HostId, addr: &str) -> Result<(), StoreError> {
+        if addr.len() > ADDR_BYTES_MAX {
+            return Err(StoreError::Membership(format!(
+                "an address of {} bytes (at most {ADDR_BYTES_MAX})",
+                addr.len()
+            )));
+        }
         let ctx = ChangeContext {
             member: MemberInfo {
                 host: host.clone(),
@@ -700,6 +752,9 @@ impl Member {
     /// changes only from a voter.
     fn check_forwarded(&self, from: &HostId, msg: &Message) -> Result<(), StoreError> {
         for e in msg.get_entries() {
+            if e.data.len() + e.context.len() > PROPOSAL_BYTES_MAX {
+                return Err(StoreError::TooLarge(e.data.len() + e.context.len()));
+            }
             match e.get_entry_type() {
                 EntryType::EntryNormal => {
                     let p: Proposal =
@@ -834,6 +889,7 @@ impl Member {
         }
         // The leader keys pending probes by their context: it names this member too.
         let mut ctx = self.id.to_be_bytes().to_vec();
+        ctx.extend_from_slice(&self.run.to_be_bytes());
         ctx.extend_from_slice(&seq.to_be_bytes());
         self.raw.read_index(ctx);
     }
@@ -907,7 +963,19 @@ impl Member {
 
     /// Handles every ready raft-rs has.
     fn drive(&mut self) {
-        while self.raw.has_ready() {
+        self.drive_readies();
+        self.grant_leases();
+        let applied = self.raw.raft.raft_log.applied;
+        if applied != self.reported_applied {
+            self.reported_applied = applied;
+            self.outputs.push_back(Output::Applied);
+        }
+    }
+
+    /// Handles every ready raft-rs has, while at most [`RECORDS_AHEAD_MAX`] records wait
+    /// for the host (the rest waits in raft-rs until the host catches up).
+    fn drive_readies(&mut self) {
+        while self.raw.has_ready() && (self.unpersisted.len() as u64) < RECORDS_AHEAD_MAX {
             let mut rd = self.raw.ready();
             if let Some(ss) = rd.ss() {
                 let soft = (ss.leader_id, self.raw.raft.term, ss.raft_state);
@@ -1040,13 +1108,16 @@ impl Member {
     }
 
     fn read_answered(&mut self, ctx: &[u8], index: u64) {
-        let Some((id, seq)) = ctx.split_first_chunk::<8>() else {
+        let Some((id, rest)) = ctx.split_first_chunk::<8>() else {
+            return;
+        };
+        let Some((run, seq)) = rest.split_first_chunk::<8>() else {
             return;
         };
         let Some(seq) = seq.try_into().ok().map(u64::from_be_bytes) else {
             return;
         };
-        if u64::from_be_bytes(*id) != self.id {
+        if u64::from_be_bytes(*id) != self.id || u64::from_be_bytes(*run) != self.run {
             return;
         }
         let Some(asked) = self.reads.remove(&seq) else {
@@ -1056,15 +1127,48 @@ impl Member {
         if self.state.left.contains(&self.host) {
             return;
         }
+        if let Some(r) = &mut self.rejoining {
+            *r = Some(r.map_or(index, |i| i.max(index)));
+        }
+        // The lease runs from when it asked, once this member's state is as new as what
+        // the majority had committed then: before that, its ledger could still license
+        // what the store no longer does.
         let until = asked.saturating_add(self.config.lease);
+        if self.awaiting.len() >= READS_MAX {
+            self.awaiting.remove(0);
+        }
+        self.awaiting.push((until, index));
+        self.grant_leases();
+    }
+
+    /// Grants the leases whose read index this member has applied.
+    fn grant_leases(&mut self) {
+        let applied = self.raw.raft.raft_log.applied;
+        let mut granted = None;
+        self.awaiting.retain(|&(until, index)| {
+            if index > applied {
+                return true;
+            }
+            granted = Some(granted.map_or(until, |g: TrustedInstant| {
+                if until.is_at_or_after(g).unwrap_or(true) {
+                    until
+                } else {
+                    g
+                }
+            }));
+            false
+        });
+        let Some(until) = granted else {
+            return;
+        };
+        if self.state.left.contains(&self.host) {
+            return;
+        }
         if self
             .lease_until
             .is_none_or(|u| until.is_at_or_after(u).unwrap_or(true))
         {
             self.lease_until = Some(until);
-        }
-        if let Some(r) = &mut self.rejoining {
-            *r = Some(r.map_or(index, |i| i.max(index)));
         }
         self.outputs.push_back(Output::LeaseRenewed);
     }
@@ -1157,6 +1261,7 @@ impl Member {
         let id = change.node_id;
         let host = ctx.member.host.clone();
         let valid = node_id(&host) == id
+            && ctx.member.addr.len() <= ADDR_BYTES_MAX
             && match ctx.genesis {
                 Some(g) => self.state.cluster.is_none_or(|c| c == g),
                 None => true,
@@ -1189,7 +1294,6 @@ impl Member {
             ConfChangeType::AddLearnerNode => MembershipChange::Learner(host),
             ConfChangeType::RemoveNode => {
                 self.state.remove_member(id);
-                self.left_at.insert(host.clone(), self.hw.now());
                 if host == self.host {
                     tracing::warn!("this host was removed from the store: its lease ends");
                     self.lease_until = None;
@@ -1265,6 +1369,10 @@ impl std::fmt::Debug for Member {
             .field("snapshot", &self.raw.store().snapshot.index)
             .field("unpersisted", &self.unpersisted.len())
             .field("rejoining", &self.rejoining)
+            .field("proposals", &self.proposals.len())
+            .field("reads", &self.reads.len())
+            .field("awaiting", &self.awaiting)
+            .field("lease_until", &self.lease_until)
             .field("progress", &progress)
             .finish_non_exhaustive()
     }

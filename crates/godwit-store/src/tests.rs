@@ -182,7 +182,7 @@ impl Cluster {
                         self.outcomes.push((name.clone(), seq, outcome));
                     }
                     Output::Membership(c) => self.changes.push((name.clone(), c)),
-                    Output::LeaseRenewed => {}
+                    Output::LeaseRenewed | Output::Applied => {}
                 }
             }
         }

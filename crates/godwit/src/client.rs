@@ -354,6 +354,21 @@ pub fn cluster_add(dir: &Path, via: Option<String>) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+pub fn cluster_admit(config: &Path, host: String, addr: String) -> Result<ExitCode> {
+    let v = send(config, Command::AddMember { host, addr }, |_, _| {})?;
+    match (v["added"].as_str(), v["admitting"].as_str()) {
+        (Some(h), _) => println!("{h} added"),
+        (_, Some(h)) => {
+            println!("{h} admitting");
+            if let Some(note) = v["note"].as_str() {
+                eprintln!("{note}");
+            }
+        }
+        _ => println!("{v}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn cluster_remove(config: &Path, host: String) -> Result<ExitCode> {
     send(
         config,

@@ -127,8 +127,9 @@ enum ClusterCommand {
         #[arg(long, default_value_t = 7100)]
         base_port: u16,
     },
-    /// Provision one more host in a cluster directory and add it to the running store
-    /// (as a learner, then a voter); then start it with `godwit node`.
+    /// Provision one more host in a cluster directory and ask the running store to add
+    /// it; then start it with `godwit node` (the asked host's SM keeps trying to attest it
+    /// for five minutes; it joins as a learner, then a voter).
     Add {
         /// The cluster directory (from `cluster init`).
         #[arg(long)]
@@ -136,6 +137,16 @@ enum ClusterCommand {
         /// The running host to ask (default: the first in the directory).
         #[arg(long)]
         via: Option<String>,
+    },
+    /// Ask the store to add a host provisioned elsewhere, listening at ADDR (this host's
+    /// SM attests it first).
+    Admit {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The host to add.
+        host: String,
+        /// Where its SM listens.
+        addr: String,
     },
     /// Remove a host from the store's membership (drain it first: what it still runs is
     /// recorded lost).
@@ -150,11 +161,10 @@ enum ClusterCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo narrates on stdout and expects refusals; the daemon logs its work.
-    // openraft reports peers that are not up yet as errors; start-up makes many of those.
     let default_filter = match cli.command {
-        Command::Demo(_) => "error,openraft=off",
-        Command::Node { .. } => "info,openraft=warn",
-        Command::Bench(_) => "warn,openraft=off",
+        Command::Demo(_) => "error",
+        Command::Node { .. } => "info",
+        Command::Bench(_) => "warn",
         _ => "warn",
     };
     tracing_subscriber::fmt()
@@ -172,6 +182,9 @@ fn main() -> ExitCode {
             base_port,
         }) => client::cluster_init(&dir, hosts, base_port),
         Command::Cluster(ClusterCommand::Add { dir, via }) => client::cluster_add(&dir, via),
+        Command::Cluster(ClusterCommand::Admit { config, host, addr }) => {
+            client::cluster_admit(&config.config, host, addr)
+        }
         Command::Cluster(ClusterCommand::Remove { config, host }) => {
             client::cluster_remove(&config.config, host)
         }

@@ -68,10 +68,15 @@ fn a_restart_records_the_enclave_lost_and_adoption_recovers_its_sealed_data() {
         w.sm("b").info(id).is_err(),
         "b cannot adopt: the blobs are sealed to a"
     );
+    let before = w.registered("a", id);
     w.sm("a")
         .adopt(id, &COUNTER.module(), COUNTER.manifest())
         .unwrap();
     w.settle();
+    // It runs a lease and the drift bound after the adoption applied (the last owner
+    // might still answer until then).
+    assert_eq!(w.sm("a").info(id).unwrap().state, EnclaveState::Registering);
+    assert!(w.run_until(Duration::from_secs(10), |w| w.registered("a", id) > before));
     assert_eq!(w.sm("a").info(id).unwrap().state, EnclaveState::Running);
     // A fresh instance: memory starts over, sealed data is there at the recorded version.
     assert_eq!(w.call("a", id, "get"), "0");
@@ -160,8 +165,9 @@ fn counters_survive_a_restart_and_never_go_back() {
     }
     w.reboot("a");
     w.wait_ready();
+    let before = w.registered("a", id);
     w.sm("a").adopt(id, &module, manifest).unwrap();
-    w.settle();
+    assert!(w.run_until(Duration::from_secs(10), |w| w.registered("a", id) > before));
     assert_eq!(value(w.call_raw("a", id, "read", b"").unwrap()), 3);
     assert_eq!(value(w.call_raw("a", id, "inc", b"").unwrap()), 4);
 }
@@ -496,4 +502,52 @@ fn a_doomed_enclave_cannot_be_migrated_and_a_foreign_ecall_is_refused() {
         Err(MonitorError::UnknownEnclave(id))
     );
     w.sm("b").check_invariants();
+}
+
+#[test]
+fn an_enclave_adopted_elsewhere_runs_only_once_the_removed_owners_lease_ran_out() {
+    let mut w = World::new(&["a", "b", "c"]);
+    // The owner must not lead: cut off, a leader could not be removed by the others.
+    let leader = w.sm_ref("a").store_status().leader.expect("a leader");
+    let owner = ["a", "b", "c"]
+        .into_iter()
+        .find(|x| h(x) != leader)
+        .unwrap();
+    let adopter = ["a", "b", "c"].into_iter().find(|x| *x != owner).unwrap();
+    // Nothing sealed: any member may adopt it.
+    let id = w.deploy(owner, COUNTER);
+    w.call(owner, id, "incr");
+    assert!(w.sm_ref(owner).holds_lease());
+    // The owner is cut off from the store (it never hears of what follows, and keeps its
+    // lease until it runs out); the adopter's operator removes it and adopts E at once.
+    w.cut_store(owner);
+    w.remove_member(adopter, owner);
+    assert_eq!(w.ledger().get(&id).unwrap().state, RecordState::Lost);
+    let before = w.registered(adopter, id);
+    w.sm(adopter)
+        .adopt(id, &COUNTER.module(), COUNTER.manifest())
+        .unwrap();
+    assert!(w.run_until(Duration::from_secs(1), |w| {
+        w.sm_ref(adopter)
+            .ledger()
+            .get(&id)
+            .is_some_and(|r| r.owner == h(adopter))
+    }));
+    assert_eq!(
+        w.sm(adopter).info(id).unwrap().state,
+        EnclaveState::Registering
+    );
+    // When the adopted instance runs, the owner's lease has run out: it answers nothing.
+    assert!(w.run_until(Duration::from_secs(10), |w| {
+        w.registered(adopter, id) > before
+    }));
+    assert!(
+        !w.sm_ref(owner).holds_lease(),
+        "the adopted copy runs while the removed owner may still answer"
+    );
+    assert!(!matches!(
+        w.sm(owner).call(id, "get", b""),
+        Ok(CallOutcome::Done(_))
+    ));
+    assert_eq!(w.call(adopter, id, "incr"), "1");
 }

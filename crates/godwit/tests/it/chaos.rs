@@ -306,14 +306,14 @@ fn random_kills_during_migrations_and_drains_never_fork_or_lose_sealed_state() {
         tally.kills > 0 && tally.succeeded > 0,
         "seed {seed}: {tally:?}"
     );
-    // A SIGKILL never leaves a store file its own SM refuses (as corrupted, or as older
-    // than its counter): every member reopened what it had written.
+    // A SIGKILL never leaves store records their own SM refuses (as corrupted, or as
+    // older than its counter): every member reopened what it had written.
     for k in 1..=HOSTS {
-        let dir = p.dir.path().join(format!("c/host{k}"));
+        let dir = p.dir.path().join(format!("c/host{k}/store"));
         let aside: Vec<String> = std::fs::read_dir(&dir)
             .unwrap()
             .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .filter(|n| n.starts_with("store.redb."))
+            .filter(|n| n.starts_with("refused-"))
             .collect();
         assert!(aside.is_empty(), "seed {seed}: host{k} set aside {aside:?}");
     }

@@ -5,6 +5,7 @@ mod chaos;
 mod cluster;
 mod demo;
 mod hostile;
+mod malicious;
 mod recovery;
 mod rollback;
 mod support;

@@ -136,3 +136,37 @@ fn a_member_with_a_corrupted_store_rejoins_from_its_peers() {
     p.ok(1, &["migrate", &id, "--to", "host3"]);
     assert_eq!(p.ok(3, &["call", &id, "get"]), "1");
 }
+
+/// Another host's operator removes host k while k runs an enclave. k's SM stops answering
+/// once its lease runs out, whatever its daemon does; the enclave (it sealed nothing, so
+/// any member may adopt it) may be adopted elsewhere only after that lease has surely run
+/// out, and from then on only the adopter answers.
+#[test]
+fn a_removed_host_stops_answering_before_its_enclave_is_adopted_elsewhere() {
+    let p = Processes::start(3);
+    // The enclave's host must not lead the store (a removed leader cannot write at all).
+    let k = (1..=3).find(|&k| k != leader(&p, 1)).unwrap();
+    let other = (1..=3).find(|&o| o != k).unwrap();
+    let id = p.deploy(k, "counter");
+    assert_eq!(p.ok(k, &["call", &id, "incr"]), "1");
+    p.remove_member(other, k);
+    poll(Duration::from_secs(60), "the enclave recorded lost", || {
+        record(&p, other, &id).is_some_and(|r| r["state"] == "lost")
+    });
+    // Adoption elsewhere: the adopted instance runs only once the removed host's lease
+    // has surely run out (a lease and the drift bound after the adoption applied).
+    let adopt = p.deploy_cli(other, "counter", None, Some(&id));
+    assert!(
+        adopt.status.success(),
+        "{}",
+        String::from_utf8_lossy(&adopt.stderr)
+    );
+    // The removed host answers nothing any more: its lease ran out before the adoption.
+    let get = p.cli(k, &["call", &id, "get", "--wait-ms", "1000"]);
+    assert!(
+        !get.status.success(),
+        "the removed host answered after its enclave was adopted elsewhere: {}",
+        String::from_utf8_lossy(&get.stdout)
+    );
+    assert_eq!(p.ok(other, &["call", &id, "incr"]), "1");
+}

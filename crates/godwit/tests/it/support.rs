@@ -70,6 +70,16 @@ impl Processes {
 
     /// As [`Processes::spawn`], under the file-creation mask `umask` (octal) if given.
     pub fn spawn_with_umask(&mut self, k: usize, umask: Option<&str>) {
+        self.spawn_full(k, umask, &[]);
+    }
+
+    /// Starts host `k` with a malicious daemon running `attack` (the test build's
+    /// `GODWIT_HOSTILE`, see godwit-node's src/hostile.rs).
+    pub fn spawn_hostile(&mut self, k: usize, attack: &str) {
+        self.spawn_full(k, None, &[("GODWIT_HOSTILE", attack)]);
+    }
+
+    fn spawn_full(&mut self, k: usize, umask: Option<&str>, env: &[(&str, &str)]) {
         if self.children.len() < k {
             self.children.resize_with(k, || None);
         }
@@ -88,7 +98,8 @@ impl Processes {
             .arg("node")
             .arg("--config")
             .arg(self.config(k))
-            .env("GODWIT_LOG", "info,openraft=warn")
+            .env("GODWIT_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
