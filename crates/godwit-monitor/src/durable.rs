@@ -448,6 +448,17 @@ impl Monitor {
         if self.enclaves.contains_key(&id) || self.migrations.holds_enclave(&id) {
             return Err(MonitorError::AlreadyMigrating(id));
         }
+        // Only what this SM's own view of the ledger records lost: an instance destroyed
+        // here whose record still says it runs here (its destroy not recorded yet) is not
+        // adopted again, under the same incarnation, by a second life.
+        match self.ledger().get(&id) {
+            Some(r) if r.state == RecordState::Lost => {}
+            Some(r) => {
+                let what = format!("{} at {}", r.state.name(), r.owner);
+                return Err(MonitorError::NotLost(id, what));
+            }
+            None => return Err(MonitorError::NotLost(id, "unknown".into())),
+        }
         let loaded = self.load_within_limit(module, manifest)?;
         let app = loaded.measurement();
         let services =
@@ -479,7 +490,24 @@ impl Monitor {
             return;
         }
         match reply {
+            StoreReply::Outcome(LedgerOutcome::Applied(Some(record)))
+                if self.adopted_lives.contains(&(id, record.incarnation)) =>
+            {
+                // A life of this incarnation ran here already in this boot (an adoption
+                // answered again as a repeat): a second one could seal the same versions.
+                self.wipe(
+                    id,
+                    "an earlier life of this incarnation ran here",
+                    BlobFate::Keep,
+                );
+                self.event(Event::RegistrationRefused {
+                    enclave: id,
+                    reason: "this incarnation was adopted here before".into(),
+                });
+            }
             StoreReply::Outcome(LedgerOutcome::Applied(Some(record))) => {
+                self.adopted_lives.insert((id, record.incarnation));
+                let lease = self.store_lease();
                 let Some((r, e)) = self
                     .enclaves
                     .get_mut(&id)
@@ -498,7 +526,7 @@ impl Monitor {
                 // run out: the instance runs a lease and the drift bound after the adoption
                 // applied here (whatever made the enclave lost, and however this SM learned
                 // it: the owner's last lease began before the loss was committed).
-                let wait = self.config.store.lease + self.config.store.lease_drift;
+                let wait = lease + godwit_store::lease_drift(lease);
                 r.runs_at = Some(self.hw.now().saturating_add(wait));
                 tracing::info!(enclave = %id, epoch = record.epoch, wait_ms = wait.as_millis(), "lost enclave adopted; it runs once the last owner's lease has run out");
             }

@@ -163,6 +163,9 @@ pub enum MonitorError {
     /// The store could not take the request.
     #[error("store: {0}")]
     Store(String),
+    /// Adoption is only for what this SM's view of the ledger records lost.
+    #[error("enclave {0} is {1} in this host's view of the store, not lost")]
+    NotLost(EnclaveId, String),
     /// This SM's store member does not know its store yet (it is joining or catching up).
     #[error("this host's store member is not part of a store yet; try again shortly")]
     StoreStarting,
@@ -469,6 +472,9 @@ pub struct Monitor {
     store: godwit_store::Member,
     /// Hosts to add to the store once attested.
     admitting: BTreeMap<HostId, store::Admission>,
+    /// (enclave, incarnation) of every adoption that applied in this boot: a second
+    /// life of the same incarnation never runs.
+    adopted_lives: std::collections::BTreeSet<(EnclaveId, u64)>,
 }
 
 impl Monitor {
@@ -502,6 +508,7 @@ impl Monitor {
             boot: BootStatus::Announced,
             store,
             admitting: BTreeMap::new(),
+            adopted_lives: std::collections::BTreeSet::new(),
         };
         let mut nonce = [0u8; 8];
         sm.hw.fill_random(&mut nonce);

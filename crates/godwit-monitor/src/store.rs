@@ -332,6 +332,12 @@ impl Monitor {
         format!("{:?}", self.store)
     }
 
+    /// The store's lease (the longest, if this member does not know it yet: waits on it
+    /// stay safe).
+    pub(crate) fn store_lease(&self) -> std::time::Duration {
+        self.store.lease().unwrap_or(godwit_store::LEASE_MAX)
+    }
+
     /// Whether this SM holds its store lease now (it releases results only then).
     pub fn holds_lease(&self) -> bool {
         self.lease_held()

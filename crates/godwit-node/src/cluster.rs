@@ -159,6 +159,7 @@ pub fn init(dir: &Path, hosts: usize, base_port: u16) -> Result<Vec<PathBuf>, Cl
             timeouts: TimeoutConfig::default(),
             store: StoreConfig {
                 founders: all.iter().map(|p| p.id.clone()).collect(),
+                lease_ms: Some(godwit_store::LEASE.as_millis() as u64),
             },
             peers: all.iter().filter(|p| p.id != me.id).cloned().collect(),
         };

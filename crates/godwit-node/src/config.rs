@@ -84,6 +84,21 @@ pub struct StoreConfig {
     /// once a member adds it. Only an SM that never wrote a store record founds.
     #[serde(default)]
     pub founders: Vec<HostId>,
+    /// The store's lease, ms, if this host founds it (every member then uses the one
+    /// written into the store's first entries): an SM releases results only within this
+    /// long of a store majority confirming it, and an adopted enclave waits it out (plus a
+    /// tenth for timer drift). Absent: 2000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_ms: Option<u64>,
+}
+
+impl StoreConfig {
+    /// The lease a founder writes into the store.
+    pub fn lease(&self) -> std::time::Duration {
+        self.lease_ms
+            .map(std::time::Duration::from_millis)
+            .unwrap_or(godwit_store::LEASE)
+    }
 }
 
 /// A host's configuration file (`hostK.toml`).
@@ -213,6 +228,19 @@ impl NodeConfig {
                     self.id
                 ),
             );
+        }
+        if let Some(ms) = self.store.lease_ms {
+            let (min, max) = (godwit_store::LEASE_MIN, godwit_store::LEASE_MAX);
+            if !(min.as_millis()..=max.as_millis()).contains(&u128::from(ms)) {
+                return field(
+                    "store.lease_ms",
+                    format!(
+                        "{ms} is outside {}..={} ms",
+                        min.as_millis(),
+                        max.as_millis()
+                    ),
+                );
+            }
         }
         self.policy().map_err(|(f, r)| (format!("policy.{f}"), r))?;
         if self.memory_budget_mib == 0 {
@@ -352,6 +380,10 @@ founders = ["host1", "host2"]
             (
                 sample().replace("manufacturer_roots = [\"", "manufacturer_roots = [\"zz"),
                 "policy.manufacturer_roots[0]",
+            ),
+            (
+                sample().replace("founders = [", "lease_ms = 50\nfounders = ["),
+                "`store.lease_ms`",
             ),
             (sample().replace("listen =", "lissen ="), "lissen"),
             (

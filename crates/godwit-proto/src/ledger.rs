@@ -333,7 +333,16 @@ pub enum LedgerRefusal {
         /// The writer.
         host: HostId,
     },
+    /// The ledger holds [`LEDGER_RECORDS_MAX`] records: it takes no more (so that the
+    /// replicated state always fits in a snapshot).
+    #[error("the ledger is full ({LEDGER_RECORDS_MAX} enclaves); destroy or adopt lost ones")]
+    Full,
 }
+
+/// Most records the ledger holds. The SM bounds what a record holds (64 sealed slots and
+/// 64 counters with short names: about 10 KiB at most), so the whole ledger stays well
+/// inside a snapshot (128 MiB).
+pub const LEDGER_RECORDS_MAX: usize = 8192;
 
 /// The ledger's answer to a write: the record after it, or a refusal with the record as it
 /// stands (so the writer learns the current truth in the same reply).
@@ -503,6 +512,9 @@ impl Ledger {
                     host: owner.clone(),
                 },
             );
+        }
+        if self.records.len() >= LEDGER_RECORDS_MAX {
+            return self.refuse(id, LedgerRefusal::Full);
         }
         if let Some(limit) = cap
             && self.live_instances(&app) >= limit as usize
@@ -985,6 +997,44 @@ mod tests {
     fn state(l: &Ledger) -> (String, u64, RecordState) {
         let r = l.get(&E).unwrap();
         (r.owner.to_string(), r.epoch, r.state.clone())
+    }
+
+    #[test]
+    fn a_full_ledger_refuses_registrations_and_takes_one_after_a_destroy() {
+        let mut l = Ledger::new();
+        announce(&mut l, "a", BOOT_A);
+        let reg = |l: &mut Ledger, i: usize| {
+            let mut id = [0u8; 16];
+            id[..8].copy_from_slice(&(i as u64).to_be_bytes());
+            l.apply(&LedgerOp::Register {
+                id: EnclaveId(id),
+                app: APP,
+                app_name: "app".into(),
+                owner: h("a"),
+                boot: BOOT_A,
+                max_instances_cluster: None,
+            })
+        };
+        for i in 0..LEDGER_RECORDS_MAX {
+            assert!(matches!(reg(&mut l, i), LedgerOutcome::Applied(Some(_))));
+        }
+        assert!(matches!(
+            reg(&mut l, LEDGER_RECORDS_MAX),
+            LedgerOutcome::Refused {
+                reason: LedgerRefusal::Full,
+                ..
+            }
+        ));
+        let first = *l.records.keys().next().unwrap();
+        let out = l.apply(&LedgerOp::Destroy {
+            id: first,
+            by: h("a"),
+        });
+        assert!(matches!(out, LedgerOutcome::Applied(_)), "{out:?}");
+        assert!(matches!(
+            reg(&mut l, LEDGER_RECORDS_MAX),
+            LedgerOutcome::Applied(Some(_))
+        ));
     }
 
     #[test]

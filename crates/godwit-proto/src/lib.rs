@@ -22,8 +22,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use ledger::{
-    Boot, Decision, DurableState, EnclaveRecord, Ledger, LedgerOp, LedgerOutcome, LedgerRefusal,
-    RecordState, SlotVersion,
+    Boot, Decision, DurableState, EnclaveRecord, LEDGER_RECORDS_MAX, Ledger, LedgerOp,
+    LedgerOutcome, LedgerRefusal, RecordState, SlotVersion,
 };
 pub use msg::{
     AbortReason, CHUNK_BYTES_MAX, FinalState, MESSAGE_BYTES_MAX, Message, Prepare, RefuseReason,

@@ -19,8 +19,8 @@ mod wire;
 
 pub use log::MemLog;
 pub use member::{
-    ADDR_BYTES_MAX, Member, MemberConfig, MembershipChange, Opened, Output, PROPOSAL_BYTES_MAX,
-    PROPOSALS_MAX, RECORDS_AHEAD_MAX, StoreError,
+    ADDR_BYTES_MAX, LEASE, LEASE_MAX, LEASE_MIN, Member, MemberConfig, MembershipChange, Opened,
+    Output, PROPOSAL_BYTES_MAX, PROPOSALS_MAX, RECORDS_AHEAD_MAX, StoreError, lease_drift,
 };
 pub use record::{OpenError, RECORD_BYTES_MAX, RECORDS_PER_BASE_MAX, StoreWrite};
 pub use state::{MemberInfo, Replicated};

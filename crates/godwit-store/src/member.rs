@@ -10,7 +10,7 @@
 //! Call order: after every input, drain [`Member::poll_output`]; sleep until
 //! [`Member::poll_timeout`] and then call [`Member::handle_timeout`].
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,11 +38,9 @@ pub struct MemberConfig {
     /// (only a component that never wrote a record does). Empty: join a store that
     /// exists.
     pub founders: Vec<HostId>,
-    /// How long the SM may release results after it last heard from a store majority.
+    /// The store's lease, if this member founds it (see [`LEASE`]); every member then uses
+    /// the one its founders wrote into the store's first entries, so all agree on it.
     pub lease: Duration,
-    /// The bound on how much faster one trusted timer may run than another over a lease,
-    /// which an adopter waits on top of the lease.
-    pub lease_drift: Duration,
     /// The base tick (heartbeats every 2 ticks, elections after 10 to 20).
     pub tick: Duration,
 }
@@ -51,8 +49,7 @@ impl Default for MemberConfig {
     fn default() -> Self {
         Self {
             founders: Vec::new(),
-            lease: Duration::from_millis(2000),
-            lease_drift: Duration::from_millis(200),
+            lease: LEASE,
             tick: Duration::from_millis(50),
         }
     }
@@ -154,6 +151,8 @@ pub enum StoreError {
 struct ChangeContext {
     member: MemberInfo,
     genesis: Option<[u8; 32]>,
+    /// In the founders' entries: the store's lease, ms.
+    lease_ms: Option<u64>,
 }
 
 /// The largest number of this SM's proposals in flight at once.
@@ -165,6 +164,22 @@ const PROPOSAL_TIMEOUT: Duration = Duration::from_millis(2500);
 const PROPOSAL_RETRY: Duration = Duration::from_millis(300);
 /// Lease probes kept waiting for an answer.
 const READS_MAX: usize = 8;
+/// The default lease: how long an SM may release results after a majority confirmed a
+/// read it sent. The founders write the store's lease into its first entries (and into
+/// its cluster id), so every member uses the same one: the rule that an adopted instance
+/// waits out the last owner's lease holds only then.
+pub const LEASE: Duration = Duration::from_millis(2000);
+/// Shortest and longest lease a store may be founded with.
+pub const LEASE_MIN: Duration = Duration::from_millis(200);
+/// See [`LEASE_MIN`].
+pub const LEASE_MAX: Duration = Duration::from_secs(600);
+
+/// The bound on how much faster one trusted timer may run than another over `lease`
+/// (a tenth of it: timers within 10 % of each other), which an adopted instance waits on
+/// top of the lease.
+pub fn lease_drift(lease: Duration) -> Duration {
+    lease / 10
+}
 /// Most records sealed and not yet reported durable. A new run of the member numbers its
 /// records past the last one found and past the counter by more than this, so that no
 /// record an earlier run sealed and never reported (the host may keep them) can follow
@@ -235,9 +250,12 @@ pub struct Member {
     awaiting: Vec<(TrustedInstant, u64)>,
     /// The applied index last reported with [`Output::Applied`].
     reported_applied: u64,
+    /// Whether this run's first record (its base) is counted: until then the member
+    /// handles no ready, so it seals no other record and acts on nothing.
+    started: bool,
+    /// The number of this run's first record.
+    first: u64,
     records_since_base: usize,
-    /// Hosts whose removal is in the log, not yet applied.
-    removing: BTreeSet<HostId>,
     /// The hosts of members that sent this member a message (its ids are derived from
     /// attested hosts): a member that is joining answers the leader before it knows the
     /// membership.
@@ -304,12 +322,15 @@ impl slog::Drain for Log {
 
 /// The founders' entries: one membership change per founder, in id order, the same on
 /// every founder.
-fn genesis(founders: &[HostId]) -> ([u8; 32], Vec<Entry>) {
+fn genesis(founders: &[HostId], lease: Duration) -> ([u8; 32], Vec<Entry>) {
     let mut ids: Vec<(NodeId, &HostId)> = founders.iter().map(|h| (node_id(h), h)).collect();
     ids.sort();
     ids.dedup();
     let mut h = Sha256::new();
-    h.update(b"godwit store genesis v1");
+    let lease = lease.clamp(LEASE_MIN, LEASE_MAX);
+    let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
+    h.update(b"godwit store genesis v2");
+    h.update(lease_ms.to_be_bytes());
     for (_, host) in &ids {
         h.update((host.as_str().len() as u64).to_be_bytes());
         h.update(host.as_str().as_bytes());
@@ -325,6 +346,7 @@ fn genesis(founders: &[HostId]) -> ([u8; 32], Vec<Entry>) {
                     addr: String::new(),
                 },
                 genesis: Some(cluster),
+                lease_ms: Some(lease_ms),
             };
             let mut e = Entry {
                 index: i as u64 + 1,
@@ -378,7 +400,7 @@ impl Member {
             Ok(r) if records.is_empty() => {
                 let mut log = r.log;
                 if config.founders.contains(&host) {
-                    let (_, entries) = genesis(&config.founders);
+                    let (_, entries) = genesis(&config.founders, config.lease);
                     log.hard_state = HardStateImage {
                         term: 1,
                         vote: 0,
@@ -404,19 +426,18 @@ impl Member {
                 (log, Opened::Refused(e), true)
             }
         };
-        // This run's records start past every record an earlier run may have sealed and
-        // never reported (at most RECORDS_AHEAD_MAX past the counter, or past the last
-        // record found): once its first record (a base) is durable and counted, every
-        // such record is behind the counter, so a host cannot resume an older branch.
+        // This run's records start with a base at counter + RECORDS_AHEAD_MAX + 1, and the
+        // member does nothing else until that base is counted. Every record an earlier run
+        // sealed is either its own base (at most this number, when it opened at the same
+        // counter value and acted on nothing) or a record sealed at most RECORDS_AHEAD_MAX
+        // past the counter of its time: once this base is counted, a host that hands back
+        // an earlier run's longer branch hands back records behind the counter.
         let found = match &opened {
             Opened::Restored => chain.next.saturating_sub(1),
             _ => 0,
         };
-        chain = Chain::new(
-            Arc::clone(&hw),
-            found.max(counted) + RECORDS_AHEAD_MAX + 1,
-            [0; 32],
-        );
+        let first = (counted + RECORDS_AHEAD_MAX + 1).max(found + 1);
+        chain = Chain::new(Arc::clone(&hw), first, [0; 32]);
         let applied = log.snapshot.index;
         let state = if log.snapshot.data.is_empty() {
             Replicated::default()
@@ -455,8 +476,9 @@ impl Member {
             },
             awaiting: Vec::new(),
             reported_applied: 0,
+            started: false,
+            first,
             records_since_base: 0,
-            removing: BTreeSet::new(),
             peers: BTreeMap::new(),
             heard: BTreeMap::new(),
             next_hello: now,
@@ -466,7 +488,6 @@ impl Member {
         };
         // Every run starts with a base record: the first of its own numbers.
         m.write_base();
-        m.note_removals();
         m.pick_tick_period();
         m.drive();
         (m, opened)
@@ -476,6 +497,11 @@ impl Member {
     /// same index must agree (Raft's state machine safety; the simulator checks it).
     pub fn state_digest(&self) -> (u64, [u8; 32]) {
         (self.applied(), Sha256::digest(self.state.encode()).into())
+    }
+
+    /// The store's lease, once this member applied its founding entries (or a snapshot).
+    pub fn lease(&self) -> Option<Duration> {
+        self.state.lease_ms.map(Duration::from_millis)
     }
 
     /// When this member last took a message from each peer that sent one.
@@ -612,6 +638,7 @@ impl Member {
                 addr: addr.to_owned(),
             },
             genesis: None,
+            lease_ms: None,
         };
         let change = if self.conf.voters.contains(&node_id(host)) {
             return Err(StoreError::Membership(format!("{host} is a voter already")));
@@ -633,6 +660,7 @@ impl Member {
         let ctx = ChangeContext {
             member: info,
             genesis: None,
+            lease_ms: None,
         };
         self.propose_change(ConfChangeType::RemoveNode, id, &ctx)
     }
@@ -663,7 +691,7 @@ impl Member {
         {
             return Err(StoreError::ForeignCluster(from.clone()));
         }
-        if self.state.left.contains(from) || self.removing.contains(from) {
+        if self.state.left.contains(from) {
             return Err(StoreError::Removed(from.clone()));
         }
         if self.heard.len() < HEARD_MAX || self.heard.contains_key(from) {
@@ -777,6 +805,11 @@ impl Member {
         Ok(())
     }
 
+    /// The record number the component's counter holds.
+    fn counted(&self) -> u64 {
+        unpack(self.hw.nv_counter().get()).1
+    }
+
     /// The host says record `number` (and every one before it) is durable.
     pub fn persisted(&mut self, number: u64) -> Result<(), godwit_hw::NvError> {
         let mut ready = None;
@@ -788,6 +821,9 @@ impl Member {
             // The counter moves before anything acts on the record being durable.
             self.hw.nv_counter().advance(pack(u.term, u.record))?;
             let u = self.unpersisted.pop_front().expect("checked");
+            if u.record >= self.first {
+                self.started = true;
+            }
             ready = u.ready.or(ready);
             snapshot = u.snapshot.or(snapshot);
             for m in u.messages {
@@ -876,7 +912,7 @@ impl Member {
     fn probe_lease(&mut self, now: TrustedInstant) {
         // Every quarter lease while one is held; at every tick while none is.
         let every = if self.lease_valid(now) {
-            self.config.lease / 4
+            self.lease().unwrap_or(LEASE) / 4
         } else {
             self.tick_period
         };
@@ -913,6 +949,7 @@ impl Member {
         let ctx = ChangeContext {
             member: info,
             genesis: None,
+            lease_ms: None,
         };
         if let Err(e) = self.propose_change(ConfChangeType::AddNode, id, &ctx) {
             tracing::debug!(error = %e, "promoting a learner");
@@ -975,7 +1012,13 @@ impl Member {
     /// Handles every ready raft-rs has, while at most [`RECORDS_AHEAD_MAX`] records wait
     /// for the host (the rest waits in raft-rs until the host catches up).
     fn drive_readies(&mut self) {
-        while self.raw.has_ready() && (self.unpersisted.len() as u64) < RECORDS_AHEAD_MAX {
+        if !self.started {
+            return;
+        }
+        // One ready seals at most three records (a delta, a base at a snapshot, a base
+        // when a rejoining member caught up): stop while they would not fit in the window
+        // past the counter.
+        while self.raw.has_ready() && self.chain.next + 2 <= self.counted() + RECORDS_AHEAD_MAX {
             let mut rd = self.raw.ready();
             if let Some(ss) = rd.ss() {
                 let soft = (ss.leader_id, self.raw.raft.term, ss.raft_state);
@@ -999,7 +1042,6 @@ impl Member {
             let hard_state = rd.hs().map(HardStateImage::of);
             if !entries.is_empty() {
                 self.raw.mut_store().append(&entries);
-                self.note_removals();
             }
             if let Some(hs) = hard_state {
                 self.raw.mut_store().hard_state = hs;
@@ -1084,27 +1126,6 @@ impl Member {
         self.conf = s.conf.conf_state();
         self.state = state;
         self.raw.mut_store().install(s);
-        self.note_removals();
-    }
-
-    /// Recomputes the hosts whose removal is in the log but not applied yet.
-    fn note_removals(&mut self) {
-        let applied = self.raw.raft.raft_log.applied;
-        let log = self.raw.store();
-        self.removing = log
-            .entries
-            .iter()
-            .filter(|e| e.index > applied && e.get_entry_type() == EntryType::EntryConfChangeV2)
-            .filter_map(|e| {
-                let cc = ConfChangeV2::parse_from_bytes(&e.data).ok()?;
-                let removes = cc
-                    .get_changes()
-                    .iter()
-                    .any(|c| c.get_change_type() == ConfChangeType::RemoveNode);
-                let ctx: ChangeContext = postcard::from_bytes(&e.context).ok()?;
-                removes.then_some(ctx.member.host)
-            })
-            .collect();
     }
 
     fn read_answered(&mut self, ctx: &[u8], index: u64) {
@@ -1133,7 +1154,10 @@ impl Member {
         // The lease runs from when it asked, once this member's state is as new as what
         // the majority had committed then: before that, its ledger could still license
         // what the store no longer does.
-        let until = asked.saturating_add(self.config.lease);
+        let Some(lease) = self.lease() else {
+            return;
+        };
+        let until = asked.saturating_add(lease);
         if self.awaiting.len() >= READS_MAX {
             self.awaiting.remove(0);
         }
@@ -1288,6 +1312,9 @@ impl Member {
         }
         if let Some(g) = ctx.genesis {
             self.state.cluster = Some(g);
+            if let Some(ms) = ctx.lease_ms {
+                self.state.lease_ms = Some(ms);
+            }
         }
         let change = match change.get_change_type() {
             ConfChangeType::AddNode => MembershipChange::Voter(host),
@@ -1301,7 +1328,6 @@ impl Member {
                 MembershipChange::Left(host)
             }
         };
-        self.note_removals();
         self.outputs.push_back(Output::Membership(change));
     }
 

@@ -268,7 +268,10 @@ impl Chain {
         }
         // Invariant: at least one record was read above.
         let (last_link, last) = prev.expect("records is not empty");
-        if last < expected {
+        let (counted_term, _) = unpack(counter.get());
+        // The counter also says the highest term a counted record was written in: a chain
+        // whose hard state is of an earlier term is an older branch.
+        if last < expected || log.hard_state.term < counted_term {
             return Err(OpenError::RolledBack {
                 found: last,
                 expected,

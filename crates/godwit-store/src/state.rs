@@ -51,8 +51,11 @@ struct Session {
 /// The state every member replicates.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Replicated {
-    /// The store: the hash of its founders, set when their entries are applied.
+    /// The store: the hash of its founders (and its lease), set when their entries are
+    /// applied.
     pub cluster: Option<[u8; 32]>,
+    /// The store's lease, ms, from its founders' entries.
+    pub lease_ms: Option<u64>,
     /// The ownership ledger.
     pub ledger: Ledger,
     /// The current members (voters and learners), by id.

@@ -131,6 +131,65 @@ fn an_older_branch_of_the_records_is_refused_after_a_later_run_acted() {
     assert!(r4.m.state().ledger.get(&x).is_some());
 }
 
+/// The same, with both later runs started on the same records: two runs opened on the same
+/// counter must not share record numbers past their first.
+#[test]
+fn a_branch_of_a_run_started_on_the_same_records_is_refused() {
+    let nv = NvCounter::volatile();
+    let mut out = Vec::new();
+    let mut disk = Vec::new();
+    let (mut r1, _) = boot(1, &nv, &disk);
+    drain(&mut r1, &mut disk, true, &mut out);
+    tick(&mut r1, &mut disk, true, &mut out, 3000);
+    drop(r1);
+    // Run 2 on the records: the host keeps what it seals and reports nothing.
+    let mut branch = disk.clone();
+    let (mut r2, _) = boot(2, &nv, &disk);
+    drain(&mut r2, &mut branch, false, &mut out);
+    tick(&mut r2, &mut branch, false, &mut out, 3000);
+    for _ in 0..20 {
+        let op = LedgerOp::HostBooted {
+            host: h("a"),
+            boot: r2.hw.boot_epoch().to_bytes(),
+        };
+        let _ = r2.m.propose(op);
+        drain(&mut r2, &mut branch, false, &mut out);
+    }
+    drop(r2);
+    // Run 3 on the same records: it acts.
+    let mut disk3 = disk.clone();
+    let (mut r3, o) = boot(3, &nv, &disk3);
+    assert_eq!(o, Opened::Restored);
+    drain(&mut r3, &mut disk3, true, &mut out);
+    tick(&mut r3, &mut disk3, true, &mut out, 3000);
+    let x = EnclaveId([0x43; 16]);
+    out.clear();
+    let seq =
+        r3.m.propose(LedgerOp::Register {
+            id: x,
+            app: Measurement([5; 32]),
+            app_name: "app".into(),
+            owner: h("a"),
+            boot: r3.hw.boot_epoch().to_bytes(),
+            max_instances_cluster: None,
+        })
+        .unwrap();
+    drain(&mut r3, &mut disk3, true, &mut out);
+    tick(&mut r3, &mut disk3, true, &mut out, 200);
+    assert!(
+        out.iter()
+            .any(|(s, o)| *s == seq && matches!(o, Some(LedgerOutcome::Applied(_)))),
+        "run 3 applied its registration: {out:?}"
+    );
+    drop(r3);
+    // Run 2's branch is refused.
+    let (_, o) = boot(4, &nv, &branch);
+    assert!(
+        matches!(o, Opened::Refused(OpenError::RolledBack { .. })),
+        "the other run's branch was accepted: {o:?}"
+    );
+}
+
 /// Too long an address never enters the replicated state (it would make every member's
 /// snapshot too large to decode).
 #[test]
