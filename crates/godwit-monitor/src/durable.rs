@@ -198,7 +198,9 @@ impl Monitor {
         // Released now only if nothing it depends on waits for the ledger, nothing before
         // it waits, and the SM holds a lease (it heard from a store majority lately: a
         // host removed or cut off from the store answers nothing).
-        let outcome = if d.recorded_seq >= d.seen_seq && d.withheld.is_empty() && lease {
+        let recorded =
+            d.recorded_seq >= d.seen_seq || (out.is_err() && planted!(release_failure_early));
+        let outcome = if recorded && d.withheld.is_empty() && lease {
             out.map(CallOutcome::Done).map_err(MonitorError::from)
         } else {
             d.withheld
@@ -526,7 +528,11 @@ impl Monitor {
                 // run out: the instance runs a lease and the drift bound after the adoption
                 // applied here (whatever made the enclave lost, and however this SM learned
                 // it: the owner's last lease began before the loss was committed).
-                let wait = lease + godwit_store::lease_drift(lease);
+                let wait = if planted!(adopt_without_wait) {
+                    std::time::Duration::ZERO
+                } else {
+                    lease + godwit_store::lease_drift(lease)
+                };
                 r.runs_at = Some(self.hw.now().saturating_add(wait));
                 tracing::info!(enclave = %id, epoch = record.epoch, wait_ms = wait.as_millis(), "lost enclave adopted; it runs once the last owner's lease has run out");
             }

@@ -16,6 +16,18 @@
 //! each `Wake`, pull [`Monitor::poll_transmit`] until it returns `None`; sleep until
 //! [`Monitor::poll_timeout`] and then call [`Monitor::handle_timeout`].
 
+/// Whether the planted bug `$bug` (see `godwit_proto::planted`) is switched on; always
+/// false in a build without the `planted-bugs` feature.
+macro_rules! planted {
+    ($bug:ident) => {{
+        #[cfg(feature = "planted-bugs")]
+        let on = godwit_proto::planted::$bug();
+        #[cfg(not(feature = "planted-bugs"))]
+        let on = false;
+        on
+    }};
+}
+
 mod durable;
 mod host;
 mod migrate;
@@ -56,7 +68,16 @@ pub const SM_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// identity (name and version), so that every build of one release attests alike and a
 /// different release is a different SM to the verifier's policy.
 pub fn sm_measurement() -> Measurement {
-    Measurement::of_parts("godwit security monitor", &[SM_VERSION.as_bytes()])
+    // A build with the simulator's planted bugs compiled in is another SM: it must not
+    // attest as this one.
+    if cfg!(feature = "planted-bugs") {
+        Measurement::of_parts(
+            "godwit security monitor",
+            &[SM_VERSION.as_bytes(), b"with planted bugs"],
+        )
+    } else {
+        Measurement::of_parts("godwit security monitor", &[SM_VERSION.as_bytes()])
+    }
 }
 
 /// Where an enclave is in its life on this host.
@@ -582,6 +603,10 @@ impl Monitor {
         match self.store.propose(op.clone()) {
             Ok(seq) => {
                 self.requests.insert(RequestId(seq), pending);
+                if planted!(act_on_proposal) {
+                    let outcome = self.ledger().clone().apply(&op);
+                    self.store_reply(RequestId(seq), StoreReply::Outcome(outcome));
+                }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "store busy; asking again later");
@@ -921,6 +946,7 @@ impl Monitor {
     pub fn handle_timeout(&mut self) {
         let now = self.hw.now();
         self.store.handle_timeout();
+        self.pump_store();
         self.net_timeouts(now);
         self.admission_timeouts(now);
         self.adoption_timeouts(now);

@@ -72,6 +72,15 @@ impl Migrations {
         self.out.values().any(|o| o.enclave == *id)
     }
 
+    /// Outgoing migrations that have not paused their enclave: (migration, enclave).
+    pub(crate) fn unpaused_out(&self) -> Vec<(MigrationId, EnclaveId)> {
+        self.out
+            .iter()
+            .filter(|(_, o)| !o.paused)
+            .map(|(m, o)| (*m, o.enclave))
+            .collect()
+    }
+
     pub(crate) fn is_paused_for_migration(&self, id: &EnclaveId) -> bool {
         self.out.values().any(|o| o.enclave == *id && o.paused)
     }
@@ -517,6 +526,55 @@ impl Monitor {
         self.drive_in(m);
     }
 
+    /// Settles every paused outgoing migration whose outcome this SM's own applied ledger
+    /// already shows (this migration decided, or the enclave recorded lost or someone
+    /// else's), as the store's answer to its write would: an SM removed from the store,
+    /// whose writes no longer reach it, would otherwise hold its enclave paused for ever
+    /// (a hostile review found it). Only the machine's own phases that wait for the store
+    /// act on it; one still streaming settles once it times out into its abort.
+    pub(crate) fn settle_from_ledger(&mut self) {
+        use godwit_proto::{LedgerOutcome, LedgerRefusal, RecordState};
+        let me = self.host().clone();
+        let now = self.hw.now();
+        let paused: Vec<(MigrationId, EnclaveId)> = self
+            .migrations
+            .out
+            .iter()
+            .filter(|(_, o)| o.paused)
+            .map(|(m, o)| (*m, o.enclave))
+            .collect();
+        for (m, id) in paused {
+            let record = self.ledger().get(&id).cloned();
+            let decided = record
+                .as_ref()
+                .and_then(|r| r.last_decision)
+                .filter(|(d, _)| *d == m)
+                .map(|(_, d)| d);
+            let reason = match (&record, decided) {
+                (_, Some(d)) => LedgerRefusal::AlreadyDecided(d),
+                (Some(r), None) if r.state == RecordState::Lost || r.owner != me => {
+                    LedgerRefusal::WrongState {
+                        state: r.state.name().into(),
+                    }
+                }
+                (None, None) => LedgerRefusal::Unknown,
+                (Some(_), None) => continue,
+            };
+            if let Some(machine) = self
+                .migrations
+                .out
+                .get_mut(&m)
+                .and_then(|o| o.machine.as_mut())
+            {
+                machine.handle_store(
+                    now,
+                    StoreReply::Outcome(LedgerOutcome::Refused { reason, record }),
+                );
+            }
+            self.drive_out(m);
+        }
+    }
+
     pub(crate) fn migration_timeouts(&mut self, now: TrustedInstant) {
         let outs: Vec<MigrationId> = self.migrations.out.keys().copied().collect();
         for m in outs {
@@ -537,6 +595,7 @@ impl Monitor {
             }
             self.drive_in(m);
         }
+        self.settle_from_ledger();
     }
 
     /// Carries out the sender machine's effects.

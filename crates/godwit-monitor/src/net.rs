@@ -511,6 +511,9 @@ impl Monitor {
         if let Err(e) = self.store.step(peer, &message) {
             tracing::warn!(%peer, error = %e, "a store message refused");
         }
+        // What the member applied takes effect before this call returns: the SM never
+        // holds an enclave that its own ledger no longer lets it run between two calls.
+        self.pump_store();
     }
 
     /// The largest frame the host may read next on `conn`: a handshake message until the

@@ -207,11 +207,7 @@ pub fn open(
             newest,
         });
     }
-    #[cfg(feature = "planted-bugs")]
-    let planted = godwit_proto::planted::any_incarnation();
-    #[cfg(not(feature = "planted-bugs"))]
-    let planted = false;
-    if h.incarnation != expected.incarnation && !planted {
+    if h.incarnation != expected.incarnation && !planted!(any_incarnation) {
         return Err(SealError::OtherIncarnation {
             version: h.version,
             presented: h.incarnation,

@@ -285,6 +285,25 @@ impl Monitor {
     fn reconcile(&mut self) {
         let me = self.hw.host().clone();
         let boot = self.hw.boot_epoch().to_bytes();
+        // An outgoing migration that has not paused its enclave holds nothing the store
+        // decided: once the ledger no longer lets this host run the enclave (its host was
+        // removed, say), it is given up, and the enclave is wiped below like any other.
+        let given_up: Vec<godwit_proto::MigrationId> = self
+            .migrations
+            .unpaused_out()
+            .into_iter()
+            .filter(|(_, id)| {
+                !self.store.state().ledger.get(id).is_some_and(|rec| {
+                    rec.owner == me && rec.owner_boot == boot && rec.state == RecordState::Running
+                })
+            })
+            .map(|(m, _)| m)
+            .collect();
+        for m in given_up {
+            tracing::warn!(migration = %m, "the ledger no longer lets this host run the enclave: migration given up");
+            let _ = self.cancel_migration(m);
+        }
+        self.settle_from_ledger();
         let stale: Vec<(godwit_wire::EnclaveId, BlobFate)> = self
             .enclaves
             .iter()

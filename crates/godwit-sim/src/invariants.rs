@@ -9,8 +9,9 @@
 //! 3. **No rollback**: a record's counters and sealed versions never go back; a released
 //!    tick is larger than every one released before it; a check sees a counter and sealed
 //!    data at least as new as every released tick (in `World::released`).
-//! 4. **No plaintext outside an SM**: no frame, store record or blob on a host's disk holds
-//!    an enclave's canary (in its memory and sealed data) or a sealing key.
+//! 4. **No plaintext outside an SM**: no frame, store record, blob on a host's disk or
+//!    line the SMs log holds an enclave's canary (in its memory and sealed data) or a
+//!    sealing key.
 //! 5. **Limits hold**: no SM holds more instances of the application than its manifest
 //!    allows per host, and the ledger holds no more live ones than the cluster cap.
 //! 6. **Bounded waits**: once an SM has handled its timer, none of its deadlines lies in
@@ -35,6 +36,7 @@ const DIGESTS_MAX: usize = 20_000;
 impl World {
     pub(crate) fn check_step(&mut self) -> Result<(), String> {
         self.trace_states();
+        self.scan_logs()?;
         self.check_history()?;
         let mut running: BTreeMap<EnclaveId, Vec<String>> = BTreeMap::new();
         let per_host = self.app.manifest.max_instances_per_host;
@@ -244,6 +246,30 @@ impl World {
                 if let Ok(Some(blob)) = h.disk.get(enclave, &slot) {
                     self.scan(&blob, &format!("the blob {enclave}/{slot} on {}", h.id))?;
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// What the SMs logged since the last step (at debug and above): no secret in hex, as
+    /// bytes, or as a byte array's `Debug` form.
+    pub(crate) fn scan_logs(&mut self) -> Result<(), String> {
+        let Some(sink) = &self.log_sink else {
+            return Ok(());
+        };
+        let text = std::mem::take(&mut *sink.lock().unwrap_or_else(|p| p.into_inner()));
+        if text.is_empty() {
+            return Ok(());
+        }
+        self.summary.scanned += 1;
+        self.scan(&text, "the SMs' log")?;
+        let text = String::from_utf8_lossy(&text);
+        for s in &self.secrets {
+            let hex: String = s.iter().map(|b| format!("{b:02x}")).collect();
+            let debug = format!("{:?}", &s[..8]);
+            let debug = &debug[..debug.len() - 1];
+            if text.contains(&hex) || text.contains(debug) {
+                return Err("the SMs' log carries a secret in the clear".into());
             }
         }
         Ok(())

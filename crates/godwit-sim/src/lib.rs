@@ -6,13 +6,18 @@
 //! plays everything untrusted or unreliable:
 //!
 //! - a **network** that delays, drops, duplicates, reorders and corrupts frames, partitions
-//!   hosts from each other, and refuses or resets connections;
-//! - the **store**: one linearizable ledger (the real [`godwit_proto::Ledger`], applied in one order)
-//!   whose writes take time, fail for hosts cut off from it, and sometimes apply without
-//!   the host hearing so (the reply is lost, the host is told "unavailable");
-//! - the **hosts**: their trusted timers drift apart, they call the SM's timer early and
-//!   late, they crash at any moment (memory lost, disk kept) and restart with a new boot
-//!   epoch;
+//!   hosts from each other (or one host from the store), and refuses or resets
+//!   connections;
+//! - the **store**: no stand-in: each SM runs its real store member (raft-rs inside the
+//!   SM), whose traffic crosses the simulated network and whose sealed records go to the
+//!   host's simulated disk, which takes time to sync and loses unsynced records in a crash;
+//! - the **hosts**: their trusted timers drift apart and fire late; they crash at any
+//!   moment (memory lost, disk kept) and restart with a new boot epoch;
+//! - **hostile daemons** on up to a minority of the hosts (`world/hostile.rs`): they call
+//!   their SM's entry points at will, with replayed, reflected or made-up frames, early
+//!   durability claims, withheld wake-ups, older store records and blobs, rolled-back
+//!   boot counts, kills at the worst moment, removals of other hosts and adoptions of their
+//!   enclaves, and requests out of order;
 //! - an **operator**: deploys enclaves up to and past their limits, calls them, migrates
 //!   them, drains hosts, cancels migrations, and adopts enclaves recorded lost.
 //!
@@ -42,6 +47,9 @@ pub struct Options {
     pub plant: Option<Plant>,
     /// Print every traced step as it happens (to stderr).
     pub verbose: bool,
+    /// Capture the SMs' log lines (debug and up) and scan them for secrets after every
+    /// step (off when the caller shows the logs itself).
+    pub scan_logs: bool,
 }
 
 impl Default for Options {
@@ -52,6 +60,7 @@ impl Default for Options {
             heal_ms: 60_000,
             plant: None,
             verbose: false,
+            scan_logs: true,
         }
     }
 }
@@ -104,6 +113,14 @@ pub struct Summary {
     pub rollbacks: u64,
     /// Boots where the host handed its SM older, partial or altered store records.
     pub stale_records: u64,
+    /// Hosts whose daemon was hostile.
+    pub hostile: usize,
+    /// Calls a hostile daemon made to its SM's entry points beyond an honest daemon's
+    /// (replayed, reflected and garbage frames; durability claimed early; wake-ups
+    /// withheld; removals; adoptions elsewhere; operator requests out of order).
+    pub attacks: u64,
+    /// Members a hostile host removed from the store (each added back after the chaos).
+    pub removals: u64,
 }
 
 impl Summary {
@@ -122,6 +139,9 @@ impl Summary {
         self.replays += other.replays;
         self.stale_records += other.stale_records;
         self.rollbacks += other.rollbacks;
+        self.hostile += other.hostile;
+        self.attacks += other.attacks;
+        self.removals += other.removals;
     }
 }
 
@@ -130,7 +150,7 @@ impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} steps, {} enclaves ({} deploys refused at a limit), migrations {} started / {} committed / {} aborted, {} crashes, {} boots under a rolled-back count, {} boots on stale store records, {} older blobs handed back, {} ticks, {} adopted, {} messages scanned",
+            "{} steps, {} enclaves ({} deploys refused at a limit), migrations {} started / {} committed / {} aborted, {} crashes, {} boots under a rolled-back count, {} boots on stale store records, {} older blobs handed back, {} hostile daemons making {} attacks ({} members removed), {} ticks, {} adopted, {} messages scanned",
             self.steps,
             self.enclaves,
             self.limit_refusals,
@@ -141,6 +161,9 @@ impl fmt::Display for Summary {
             self.rollbacks,
             self.stale_records,
             self.replays,
+            self.hostile,
+            self.attacks,
+            self.removals,
             self.ticks,
             self.adopted,
             self.scanned

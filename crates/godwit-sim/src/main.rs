@@ -3,10 +3,12 @@
 //! ```sh
 //! cargo run --release -p godwit-sim -- --seeds 300        # seeds 0..300
 //! cargo run --release -p godwit-sim -- --seed 1234        # one seed, with a summary
-//! cargo run --release -p godwit-sim -- --seeds 100000 --from 5000   # a soak run
+//! cargo run --release -p godwit-sim -- --seeds 20000 --from 5000 --jobs 2  # a soak range
 //! ```
 
 use std::process::ExitCode;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use clap::Parser;
 use godwit_sim::{Options, Plant, run};
@@ -33,9 +35,13 @@ struct Args {
     /// Virtual ms allowed after healing for every migration to resolve.
     #[arg(long, default_value_t = Options::default().heal_ms)]
     heal_ms: u64,
-    /// Switch on a deliberate bug, to see it caught (resume-before-abort).
+    /// Switch on a deliberate bug, to see it caught (resume-before-abort,
+    /// any-incarnation, act-on-proposal, adopt-without-wait, release-failure-early).
     #[arg(long)]
     plant: Option<Plant>,
+    /// Seeds run at once, on this many threads (each seed stays deterministic).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    jobs: u64,
     /// Print every traced step of the run (with --seed).
     #[arg(long)]
     verbose: bool,
@@ -61,31 +67,64 @@ fn main() -> ExitCode {
         heal_ms: args.heal_ms,
         plant: args.plant,
         verbose: args.verbose,
+        scan_logs: args.log.is_none(),
     };
-    let seeds: Vec<u64> = match args.seed {
-        Some(s) => vec![s],
-        None => (args.from..args.from.saturating_add(args.seeds)).collect(),
-    };
-    let mut total = godwit_sim::Summary::default();
-    for (k, &seed) in seeds.iter().enumerate() {
-        match run(seed, &options) {
+    if let Some(seed) = args.seed {
+        return match run(seed, &options) {
             Ok(summary) => {
-                if args.seed.is_some() {
-                    println!("seed {seed}: ok: {} hosts, {summary}", summary.hosts);
-                }
-                total.add(&summary);
+                println!("seed {seed}: ok: {} hosts, {summary}", summary.hosts);
+                ExitCode::SUCCESS
             }
             Err(v) => {
                 eprintln!("{v}");
-                return ExitCode::FAILURE;
+                ExitCode::FAILURE
             }
-        }
-        if args.seed.is_none() && (k + 1) % 50 == 0 {
-            eprintln!("{} seeds ok", k + 1);
-        }
+        };
     }
-    if args.seed.is_none() {
-        println!("{} seeds ok; in total: {total}", seeds.len());
+    let end = args.from.saturating_add(args.seeds);
+    let next = AtomicU64::new(args.from);
+    let done = AtomicU64::new(0);
+    let stop = AtomicBool::new(false);
+    let total = Mutex::new(godwit_sim::Summary::default());
+    let failed: Mutex<Option<Box<godwit_sim::Violation>>> = Mutex::new(None);
+    std::thread::scope(|scope| {
+        for _ in 0..args.jobs {
+            scope.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    let seed = next.fetch_add(1, Ordering::Relaxed);
+                    if seed >= end {
+                        return;
+                    }
+                    match run(seed, &options) {
+                        Ok(summary) => {
+                            total
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .add(&summary);
+                            let k = done.fetch_add(1, Ordering::Relaxed) + 1;
+                            if k.is_multiple_of(50) {
+                                eprintln!("{k} seeds ok");
+                            }
+                        }
+                        Err(v) => {
+                            stop.store(true, Ordering::Relaxed);
+                            let mut f = failed.lock().unwrap_or_else(|p| p.into_inner());
+                            // The lowest failing seed, whatever thread found it first.
+                            if f.as_ref().is_none_or(|w| v.seed < w.seed) {
+                                *f = Some(v);
+                            }
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    if let Some(v) = failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        eprintln!("{v}");
+        return ExitCode::FAILURE;
     }
+    let total = total.into_inner().unwrap_or_else(|p| p.into_inner());
+    println!("{} seeds ok; in total: {total}", args.seeds);
     ExitCode::SUCCESS
 }

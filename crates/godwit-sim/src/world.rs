@@ -19,6 +19,8 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::{Options, Summary, Violation};
 
+mod hostile;
+
 const MS: u64 = 1_000_000;
 const TRACE_LINES: usize = 40;
 
@@ -30,23 +32,46 @@ pub enum Plant {
     /// An SM opens a sealed blob of the right version whatever incarnation sealed it (a
     /// blob version reused after adoption).
     AnyIncarnation,
+    /// An SM acts on the outcome a write would have, as soon as it proposes it, instead of
+    /// on what its own log applies.
+    ActOnProposal,
+    /// An adopted instance runs as soon as the adoption applies, without waiting out the
+    /// last owner's lease.
+    AdoptWithoutWait,
+    /// A call that changed durable state and failed is released before the ledger
+    /// records the change.
+    ReleaseFailureEarly,
 }
 
 impl Plant {
-    const ALL: [Self; 2] = [Self::ResumeBeforeAbort, Self::AnyIncarnation];
+    /// Every planted bug.
+    pub const ALL: [Self; 5] = [
+        Self::ResumeBeforeAbort,
+        Self::AnyIncarnation,
+        Self::ActOnProposal,
+        Self::AdoptWithoutWait,
+        Self::ReleaseFailureEarly,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Self::ResumeBeforeAbort => "resume-before-abort",
             Self::AnyIncarnation => "any-incarnation",
+            Self::ActOnProposal => "act-on-proposal",
+            Self::AdoptWithoutWait => "adopt-without-wait",
+            Self::ReleaseFailureEarly => "release-failure-early",
         }
     }
 
     /// Switches the bug on or off for this thread.
     fn set(self, on: bool) {
+        use godwit_proto::planted;
         match self {
-            Self::ResumeBeforeAbort => godwit_proto::planted::set_resume_before_abort(on),
-            Self::AnyIncarnation => godwit_proto::planted::set_any_incarnation(on),
+            Self::ResumeBeforeAbort => planted::set_resume_before_abort(on),
+            Self::AnyIncarnation => planted::set_any_incarnation(on),
+            Self::ActOnProposal => planted::set_act_on_proposal(on),
+            Self::AdoptWithoutWait => planted::set_adopt_without_wait(on),
+            Self::ReleaseFailureEarly => planted::set_release_failure_early(on),
         }
     }
 }
@@ -179,6 +204,12 @@ pub(crate) struct Host {
     /// The SM's earliest deadline as last seen, and the virtual time the host wakes it
     /// for it (fixed once computed: a deadline that came due is not put off again).
     wake: Option<(godwit_hw::TrustedInstant, u64)>,
+    /// A hostile host: the frames it carried lately (to and from its SM), for replay.
+    overheard: VecDeque<Vec<u8>>,
+    /// A hostile host wakes its SM no earlier than this (virtual time).
+    withhold_until: u64,
+    /// This boot, the host told its SM records were durable before they were.
+    lied: bool,
 }
 
 /// One end of a connection: host, boot, the SM's connection id.
@@ -252,6 +283,8 @@ struct Faults {
     rollback: f64,
     /// A host hands its SM older store records than it last wrote, or altered ones.
     stale_records: f64,
+    /// A hostile host removes another from the store (per operator step).
+    removal: f64,
 }
 
 /// Older record sets a host keeps for replay.
@@ -297,6 +330,31 @@ pub(crate) struct World {
     trace: VecDeque<String>,
     /// Each enclave's state at each SM, as last traced.
     pub(crate) states: BTreeMap<(usize, EnclaveId), EnclaveState>,
+    /// Hosts whose daemon is the adversary's (at most a minority); the others are honest.
+    pub(crate) hostile: BTreeSet<usize>,
+    /// Hosts a hostile host removed from the store, to be added back after the chaos.
+    removed: BTreeSet<usize>,
+    /// When removed hosts are next asked back (virtual time).
+    readmit_at: u64,
+    /// What the SMs logged since the last step, when the run scans its logs.
+    pub(crate) log_sink: Option<Arc<std::sync::Mutex<Vec<u8>>>>,
+}
+
+/// Where the SMs' log lines go while a run scans them.
+#[derive(Clone)]
+struct LogSink(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 fn conn_of(e: &End) -> ConnId {
@@ -308,7 +366,23 @@ impl World {
         if let Some(plant) = options.plant {
             plant.set(true);
         }
+        // The SMs' log lines (debug and up) go to a buffer scanned after every step.
+        let sink = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let _logs = options.scan_logs.then(|| {
+            use tracing_subscriber::util::SubscriberInitExt;
+            let writer = LogSink(Arc::clone(&sink));
+            tracing_subscriber::fmt()
+                .with_max_level(tracing_subscriber::filter::LevelFilter::DEBUG)
+                .with_ansi(false)
+                .without_time()
+                .with_writer(move || writer.clone())
+                .finish()
+                .set_default()
+        });
         let mut world = Self::new(seed, options.clone());
+        if options.scan_logs {
+            world.log_sink = Some(sink);
+        }
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| world.main()));
         for plant in Plant::ALL {
             plant.set(false);
@@ -361,7 +435,17 @@ impl World {
             partition: storm * 0.03,
             rollback: storm * 0.3,
             stale_records: storm * 0.3,
+            removal: rng.random_range(0.0..0.08),
         };
+        // Per seed, up to a minority of the hosts run the adversary's daemon.
+        let mut hostile = BTreeSet::new();
+        let most = (n - 1) / 2;
+        if most > 0 && rng.random_bool(0.8) {
+            let k = rng.random_range(1..=most);
+            while hostile.len() < k {
+                hostile.insert(rng.random_range(0..n));
+            }
+        }
         let app = App::load();
         let mut w = Self {
             seed,
@@ -395,6 +479,10 @@ impl World {
             },
             trace: VecDeque::new(),
             states: BTreeMap::new(),
+            hostile,
+            removed: BTreeSet::new(),
+            readmit_at: 0,
+            log_sink: None,
         };
         for i in 0..n {
             let id = HostId::new(format!("h{i}")).expect("valid host name");
@@ -421,8 +509,16 @@ impl World {
                 owed: 0.0,
                 lateness: 0,
                 wake: None,
+                overheard: VecDeque::new(),
+                withhold_until: 0,
+                lied: false,
             });
         }
+        if !w.hostile.is_empty() {
+            let names: Vec<String> = w.hostile.iter().map(|&i| format!("h{i}")).collect();
+            w.note(format!("hostile daemons on {names:?}"));
+        }
+        w.summary.hostile = w.hostile.len();
         for i in 0..n {
             w.boot_host(i, false);
             // The host's sealing key for the app must never leave its SM.
@@ -443,6 +539,7 @@ impl World {
             self.drain_actions()?;
             if !self.chaos {
                 self.restart_refused_boots();
+                self.readmit_removed();
                 if self.quiescent() {
                     break;
                 }
@@ -550,6 +647,7 @@ impl World {
         h.rate = rate;
         h.owed = 0.0;
         h.lateness = lateness;
+        h.lied = false;
         let id = h.id.clone();
         self.summary.rollbacks += u64::from(rollback);
         let lie = if rollback { ", rolled back" } else { "" };
@@ -562,14 +660,11 @@ impl World {
     /// lies, an older set, a prefix, or one with a byte altered.
     fn records_to_hand(&mut self, i: usize) -> Vec<Vec<u8>> {
         let records = self.hosts[i].records.clone();
-        // A member that lost its records votes for no one until it caught up, so a
-        // majority of them stops the store for good (an operator's problem, outside what
-        // the simulation checks): the host lies only while most members hold their records.
-        let rejoining = (0..self.hosts.len())
-            .filter(|&j| j != i && self.hosts[j].rejoining)
-            .count();
-        let affordable = rejoining < (self.hosts.len() - 1) / 2;
-        if records.is_empty() || !affordable || !self.chance(self.faults.stale_records) {
+        if records.is_empty()
+            || !self.hostile.contains(&i)
+            || !self.may_lose_records(Some(i), None)
+            || !self.chance(self.faults.stale_records)
+        {
             return records;
         }
         let id = self.hosts[i].id.clone();
@@ -678,13 +773,13 @@ impl World {
         if let Some((seen, wake)) = h.wake
             && seen == at
         {
-            return Some(wake);
+            return Some(wake.max(h.withhold_until));
         }
         let wait = sm.timeout_in()?;
         let virt = (wait.as_nanos() as f64 / h.rate).ceil() as u64;
         let wake = now + virt + h.lateness;
         h.wake = Some((at, wake));
-        Some(wake)
+        Some(wake.max(h.withhold_until))
     }
 
     fn next_step(&mut self, end: u64) -> Result<(), String> {
@@ -729,6 +824,7 @@ impl World {
             } => {
                 let alive = self.links.contains_key(&link) && !self.is_cut_link(link);
                 if alive && self.is_current(&to) {
+                    self.overhear(to.0, &frame);
                     let sm = self.hosts[to.0].sm.as_mut().expect("current end is up");
                     sm.handle_frame(conn_of(&to), &mut frame);
                 }
@@ -783,7 +879,8 @@ impl World {
             }
             Ev::HostUp { host } => {
                 if self.hosts[host].sm.is_none() {
-                    let rollback = self.chance(self.faults.rollback);
+                    let rollback =
+                        self.hostile.contains(&host) && self.chance(self.faults.rollback);
                     self.boot_host(host, rollback);
                 }
             }
@@ -872,28 +969,13 @@ impl World {
                 );
             }
             Action::Wake { conn } => self.pump(i, conn)?,
-            Action::Close { conn } => {
-                let end = (i, boot, conn);
-                let found = self
-                    .links
-                    .iter()
-                    .find(|(_, l)| l.ends.contains(&end))
-                    .map(|(&k, _)| k);
-                if let Some(l) = found.and_then(|k| self.links.remove(&k)) {
-                    let other = if l.ends[0] == end {
-                        l.ends[1]
-                    } else {
-                        l.ends[0]
-                    };
-                    let at = self.now + self.latency();
-                    self.schedule(at, Ev::Reset { at: other });
-                }
-            }
+            Action::Close { conn } => self.close_link((i, boot, conn)),
             Action::Persist(w) => {
                 self.summary.scanned += 1;
                 self.scan(&w.bytes, "a store record")?;
                 let upto = w.number;
                 self.hosts[i].unsynced.push_back(w);
+                self.lie_durable(i, upto);
                 let at = self.now + self.disk_latency();
                 self.schedule(
                     at,
@@ -908,6 +990,24 @@ impl World {
             other => return Err(format!("unexpected action {other:?}")),
         }
         Ok(())
+    }
+
+    /// The connection at `end` closes: its link goes, and the other end sees it reset.
+    fn close_link(&mut self, end: End) {
+        let found = self
+            .links
+            .iter()
+            .find(|(_, l)| l.ends.contains(&end))
+            .map(|(&k, _)| k);
+        if let Some(l) = found.and_then(|k| self.links.remove(&k)) {
+            let other = if l.ends[0] == end {
+                l.ends[1]
+            } else {
+                l.ends[0]
+            };
+            let at = self.now + self.latency();
+            self.schedule(at, Ev::Reset { at: other });
+        }
     }
 
     /// Takes every frame `conn` has to send and puts it on the (faulty) wire.
@@ -926,6 +1026,7 @@ impl World {
         {
             self.summary.scanned += 1;
             self.scan(&frame, "a frame")?;
+            self.overhear(i, &frame);
             if self.is_cut_link(link) || self.chance(self.faults.drop) {
                 continue;
             }
@@ -1044,14 +1145,21 @@ impl World {
             Ok(CallOutcome::Done(bytes)) => self.released(i, id, kind, &bytes),
             Ok(CallOutcome::Pending(call)) => {
                 self.calls.insert((i, self.hosts[i].boot, call), (id, kind));
-                // The host sees a result withheld (a durable change the store has not
-                // recorded yet) and sometimes kills its SM at once.
-                if self.chance(self.faults.crash * 10.0) {
+                // A hostile host sees a result withheld (a durable change the store has
+                // not recorded yet) and sometimes kills its SM at once.
+                if self.hostile.contains(&i) && self.chance(self.faults.crash * 10.0) {
                     self.crash(i);
                 }
                 Ok(())
             }
-            Err(MonitorError::Enclave(e)) => self.failed(i, id, kind, &e),
+            Err(MonitorError::Enclave(e)) => {
+                self.failed(i, id, kind, &e)?;
+                // A hostile host kills its SM right after an answer, too.
+                if self.hostile.contains(&i) && self.chance(self.faults.crash * 10.0) {
+                    self.crash(i);
+                }
+                Ok(())
+            }
             Err(_) => Ok(()),
         }
     }
@@ -1072,6 +1180,7 @@ impl World {
             return Ok(());
         }
         let n = u64::try_from(-1000 - *code).map_err(|_| format!("tick_fail status {code}"))?;
+        self.check_release(i, id)?;
         let host = self.hosts[i].id.clone();
         let Some(t) = self.enclaves.get_mut(&id) else {
             return Ok(());
@@ -1113,7 +1222,21 @@ impl World {
     fn operate(&mut self) -> Result<(), String> {
         let ids: Vec<EnclaveId> = self.enclaves.keys().copied().collect();
         let up = self.up_hosts();
-        let roll = self.rng.random_range(0..100);
+        let roll = self.rng.random_range(0..112);
+        if !self.removed.is_empty() {
+            self.adopt_elsewhere(false)?;
+        }
+        if self.chance(self.faults.removal) {
+            let hostile: Vec<usize> = self
+                .hostile
+                .iter()
+                .copied()
+                .filter(|&i| self.hosts[i].sm.is_some())
+                .collect();
+            if let Some(i) = self.pick(&hostile) {
+                self.remove_other(i);
+            }
+        }
         match roll {
             0..=9 => {
                 if let Some(i) = self.pick(&up) {
@@ -1170,8 +1293,14 @@ impl World {
             84..=85 => self.adopt_lost()?,
             86..=89 => self.replay_blob()?,
             90..=91 => {
-                // A host calls its SM's timer for no reason: trusted time decides, not it.
-                if let Some(i) = self.pick(&up) {
+                // A hostile host calls its SM's timer for no reason: trusted time decides,
+                // not it.
+                let hostile: Vec<usize> = up
+                    .iter()
+                    .copied()
+                    .filter(|i| self.hostile.contains(i))
+                    .collect();
+                if let Some(i) = self.pick(&hostile) {
                     if let Some(sm) = self.hosts[i].sm.as_mut() {
                         sm.handle_timeout();
                     }
@@ -1179,13 +1308,14 @@ impl World {
                 }
             }
             92..=95 => {
-                // The host kills its SM whenever it likes; half the time, one that withholds
-                // results (it has sealed what the store has not recorded yet).
+                // A host crashes; a hostile one kills its SM whenever it likes, half the
+                // time one that withholds results (it sealed what the store has not
+                // recorded yet).
                 let withholding: Vec<usize> = self
                     .calls
                     .keys()
                     .map(|(h, ..)| *h)
-                    .filter(|h| up.contains(h))
+                    .filter(|h| up.contains(h) && self.hostile.contains(h))
                     .collect();
                 let victim = if !withholding.is_empty() && self.rng.random_bool(0.5) {
                     self.pick(&withholding)
@@ -1198,6 +1328,7 @@ impl World {
                     self.crash(i);
                 }
             }
+            100..=111 => self.hostile_act()?,
             _ => {
                 if self.chance(self.faults.partition * 20.0) {
                     self.partition();
@@ -1309,7 +1440,8 @@ impl World {
     /// The operator then asks the enclave to check its sealed state.
     fn replay_blob(&mut self) -> Result<(), String> {
         use godwit_monitor::BlobStore;
-        let Some(i) = self.pick(&(0..self.hosts.len()).collect::<Vec<_>>()) else {
+        let hostile: Vec<usize> = self.hostile.iter().copied().collect();
+        let Some(i) = self.pick(&hostile) else {
             return Ok(());
         };
         let disk = Arc::clone(&self.hosts[i].disk);
@@ -1384,6 +1516,9 @@ impl World {
         self.chaos = false;
         self.cut.clear();
         self.store_cut.clear();
+        for h in &mut self.hosts {
+            h.withhold_until = 0;
+        }
         self.note("chaos ends: partitions heal, faults stop, hosts come back".into());
     }
 
@@ -1396,6 +1531,7 @@ impl World {
         kind: CallKind,
         bytes: &[u8],
     ) -> Result<(), String> {
+        self.check_release(i, id)?;
         let host = self.hosts[i].id.clone();
         let Some(t) = self.enclaves.get_mut(&id) else {
             return Ok(());

@@ -75,3 +75,67 @@ fn the_planted_bug_reusing_a_blob_version_after_adoption_is_caught() {
     };
     assert!(run(v.seed, &honest).is_ok());
 }
+
+/// Runs seeds `0..seeds` with `plant` on until one is caught; checks the violation names
+/// `what`, the command repeats the plant, and the same seed passes without it.
+fn caught(plant: Plant, options: Options, seeds: u64, what: &str) {
+    let planted = Options {
+        plant: Some(plant),
+        ..options.clone()
+    };
+    let v = (0..seeds)
+        .find_map(|seed| run(seed, &planted).err())
+        .unwrap_or_else(|| panic!("the simulator catches {plant} within {seeds} seeds"));
+    assert!(
+        v.what.contains(what),
+        "{plant}: expected {what:?}, got: {}",
+        v.what
+    );
+    assert!(
+        v.command.ends_with(&format!("--plant {plant}")),
+        "{}",
+        v.command
+    );
+    assert!(
+        run(v.seed, &options).is_ok(),
+        "seed {} passes without {plant}",
+        v.seed
+    );
+}
+
+#[test]
+fn the_planted_bug_acting_on_an_outcome_not_applied_is_caught() {
+    // The SM takes a write's outcome as soon as it proposes it: a copy runs that the
+    // ledger never licensed.
+    caught(
+        Plant::ActOnProposal,
+        Options::default(),
+        8,
+        "but its ledger says",
+    );
+}
+
+#[test]
+fn the_planted_bug_adopting_without_waiting_out_the_lease_is_caught() {
+    // A hostile host removes a host running an enclave, cuts it off from the store and
+    // adopts the enclave on itself: without the wait, two copies run while the removed
+    // host still holds its lease.
+    caught(
+        Plant::AdoptWithoutWait,
+        Options::default(),
+        24,
+        "each holding its store lease",
+    );
+}
+
+#[test]
+fn the_planted_bug_releasing_a_failure_before_it_is_recorded_is_caught() {
+    // A failed tick names the count it reached; released before the ledger has it, a
+    // crash or a refused update takes the count back and it is released again.
+    caught(
+        Plant::ReleaseFailureEarly,
+        Options::default(),
+        24,
+        "behind the released tick",
+    );
+}

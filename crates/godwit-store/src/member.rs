@@ -262,6 +262,10 @@ pub struct Member {
     peers: BTreeMap<NodeId, HostId>,
     /// When this member last took a message from each peer (for the operator).
     heard: BTreeMap<HostId, TrustedInstant>,
+    /// For each host whose removal this member applied: the term it was in then (or when
+    /// it first heard from the host after that). Only a leader of a later term is heard
+    /// from such a host: one re-added and elected since.
+    left_terms: BTreeMap<HostId, u64>,
     /// When it next tells the other members it is up.
     next_hello: TrustedInstant,
     /// When a member that lost its records last asked the leader for a snapshot.
@@ -481,6 +485,7 @@ impl Member {
             records_since_base: 0,
             peers: BTreeMap::new(),
             heard: BTreeMap::new(),
+            left_terms: BTreeMap::new(),
             next_hello: now,
             asked_snapshot: None,
             config,
@@ -584,7 +589,7 @@ impl Member {
     /// Proposes a ledger write on this SM's behalf; its outcome comes as
     /// [`Output::Outcome`] with the number returned.
     pub fn propose(&mut self, op: LedgerOp) -> Result<u64, StoreError> {
-        if self.proposals.len() >= PROPOSALS_MAX {
+        if !self.started || self.proposals.len() >= PROPOSALS_MAX {
             return Err(StoreError::Busy);
         }
         let bytes = godwit_wire::encode(&op).len();
@@ -671,6 +676,9 @@ impl Member {
         id: NodeId,
         ctx: &ChangeContext,
     ) -> Result<(), StoreError> {
+        if !self.started {
+            return Err(StoreError::Busy);
+        }
         let ctx = postcard::to_stdvec(ctx).expect("a context encodes");
         self.raw
             .propose_conf_change(ctx, single_change(kind, id))
@@ -692,7 +700,34 @@ impl Member {
             return Err(StoreError::ForeignCluster(from.clone()));
         }
         if self.state.left.contains(from) {
-            return Err(StoreError::Removed(from.clone()));
+            // A member whose removal this member applied takes no part in elections,
+            // reads or writes here. Only a leader of a later term than the removal is
+            // heard: the host may have been added back and elected while this member has
+            // not applied that yet (the simulator found a member that dropped its new
+            // leader's appends and never caught up). A removed leader of the same term,
+            // one that has not applied its own removal, is not: it would otherwise hold
+            // the members to a term in which none can renew a lease.
+            let since = *self
+                .left_terms
+                .entry(from.clone())
+                .or_insert(self.raw.raft.term);
+            let leads = msg.as_ref().is_some_and(|m| {
+                m.term > since
+                    && matches!(
+                        m.get_msg_type(),
+                        MessageType::MsgAppend
+                            | MessageType::MsgHeartbeat
+                            | MessageType::MsgSnapshot
+                    )
+            });
+            if !leads {
+                return Err(StoreError::Removed(from.clone()));
+            }
+        }
+        // Until this run's first record is counted the member acts on nothing, and keeps
+        // nothing raft-rs would queue meanwhile: its peers send again.
+        if !self.started && msg.is_some() {
+            return Ok(());
         }
         if self.heard.len() < HEARD_MAX || self.heard.contains_key(from) {
             self.heard.insert(from.clone(), self.hw.now());
@@ -849,6 +884,9 @@ impl Member {
             return;
         }
         self.next_tick = now.saturating_add(self.tick_period);
+        if !self.started {
+            return;
+        }
         // A member that lost its records does not campaign until it caught up.
         if self.rejoining.is_none() {
             self.raw.tick();
@@ -1296,6 +1334,7 @@ impl Member {
         }
         let applied = match change.get_change_type() {
             ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                self.left_terms.remove(&host);
                 self.state.add_member(id, ctx.member)
             }
             ConfChangeType::RemoveNode => self.state.members.contains_key(&id),
@@ -1310,6 +1349,14 @@ impl Member {
                 return;
             }
         }
+        if self.raw.raft.state == StateRole::Leader && !self.conf.voters.contains(&self.raw.raft.id)
+        {
+            // raft-rs 0.7 leaves a leader that removed itself leading (a branch it marks
+            // untested), and then unwraps its own missing progress at the next persisted
+            // ready: the simulator's hostile host found the panic. It steps down instead.
+            let term = self.raw.raft.term;
+            self.raw.raft.become_follower(term, raft::INVALID_ID);
+        }
         if let Some(g) = ctx.genesis {
             self.state.cluster = Some(g);
             if let Some(ms) = ctx.lease_ms {
@@ -1321,6 +1368,9 @@ impl Member {
             ConfChangeType::AddLearnerNode => MembershipChange::Learner(host),
             ConfChangeType::RemoveNode => {
                 self.state.remove_member(id);
+                if self.state.left.contains(&host) {
+                    self.left_terms.insert(host.clone(), self.raw.raft.term);
+                }
                 if host == self.host {
                     tracing::warn!("this host was removed from the store: its lease ends");
                     self.lease_until = None;
