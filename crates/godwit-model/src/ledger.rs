@@ -211,6 +211,7 @@ impl LedgerNode {
             owner: host_id(0),
             boot: boot(1),
             max_instances_cluster: None,
+            departures: 0,
         }));
         Self {
             ledger,

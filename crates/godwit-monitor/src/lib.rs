@@ -227,7 +227,9 @@ impl Pending {
     /// The enclave a pending write is about, if it is one of an enclave's own lives.
     fn enclave(&self) -> Option<EnclaveId> {
         match self {
-            Self::Register((id, _)) | Self::Update((id, _), _) | Self::Adopt((id, _)) => Some(*id),
+            Self::Register((id, _), _) | Self::Update((id, _), _) | Self::Adopt((id, _)) => {
+                Some(*id)
+            }
             _ => None,
         }
     }
@@ -456,7 +458,8 @@ enum BootStatus {
 type Life = (EnclaveId, u64);
 
 enum Pending {
-    Register(Life),
+    /// A registration, with the departures count it was made under (kept for retries).
+    Register(Life, u64),
     Destroy(EnclaveId),
     Outgoing(MigrationId),
     Incoming(MigrationId),
@@ -671,14 +674,17 @@ impl Monitor {
         let r = self.resident_for(enclave, EnclaveState::Registering, 0);
         let life = (id, r.token);
         self.enclaves.insert(id, r);
-        if let Some(op) = self.register_op(id) {
-            self.store(Pending::Register(life), op);
+        // Bound to the departures this SM's ledger shows now, for every retry: if this host
+        // leaves the cluster before the registration reaches the log, it is refused.
+        let departures = self.ledger().departures_of(self.host());
+        if let Some(op) = self.register_op(id, departures) {
+            self.store(Pending::Register(life, departures), op);
         }
         self.check_invariants();
         Ok(id)
     }
 
-    fn register_op(&self, id: EnclaveId) -> Option<LedgerOp> {
+    fn register_op(&self, id: EnclaveId, departures: u64) -> Option<LedgerOp> {
         let module = &self.enclaves.get(&id)?.module;
         Some(LedgerOp::Register {
             id,
@@ -687,6 +693,7 @@ impl Monitor {
             owner: self.host().clone(),
             boot: self.hw.boot_epoch().to_bytes(),
             max_instances_cluster: module.manifest().max_instances_cluster,
+            departures,
         })
     }
 
@@ -842,7 +849,7 @@ impl Monitor {
             return;
         };
         match pending {
-            Pending::Register(life) => self.registered(life, reply),
+            Pending::Register(life, departures) => self.registered(life, departures, reply),
             Pending::Destroy(id) => match reply {
                 StoreReply::Outcome(LedgerOutcome::Applied(_)) => {}
                 StoreReply::Unavailable(_) => {
@@ -873,7 +880,7 @@ impl Monitor {
         self.check_invariants();
     }
 
-    fn registered(&mut self, life: Life, reply: StoreReply) {
+    fn registered(&mut self, life: Life, departures: u64, reply: StoreReply) {
         if !self.life_is(life) {
             return; // a reply for an earlier life of this id
         }
@@ -882,8 +889,8 @@ impl Monitor {
             // Unknown whether it was applied: ask again (a repeated registration is answered
             // alike). The enclave stays `registering`, not running, meanwhile.
             tracing::warn!(enclave = %id, %why, "store unavailable; registering again");
-            if let Some(op) = self.register_op(id) {
-                self.store_later(Pending::Register(life), op);
+            if let Some(op) = self.register_op(id, departures) {
+                self.store_later(Pending::Register(life, departures), op);
             }
             return;
         }

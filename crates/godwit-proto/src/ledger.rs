@@ -162,6 +162,12 @@ pub enum LedgerOp {
         boot: Boot,
         /// The manifest's cluster-wide cap, if any.
         max_instances_cluster: Option<u32>,
+        /// How many times `owner` had left the cluster when its SM first asked, as its own
+        /// applied ledger showed ([`Ledger::departures_of`]). A registration that reaches
+        /// the log only after its host left (and perhaps came back) is refused: what it
+        /// registered may meanwhile have been recorded lost, adopted and destroyed, and must
+        /// not be brought back fresh under the same id.
+        departures: u64,
     },
     /// The sender starts moving the instance to `to` (the sender has paused it).
     Begin {
@@ -333,6 +339,13 @@ pub enum LedgerRefusal {
         /// The writer.
         host: HostId,
     },
+    /// The writer's host left the cluster since its SM made this registration: what it
+    /// registered then may have been recorded lost, adopted and destroyed since.
+    #[error("{host} left the cluster since this registration was made")]
+    LeftSince {
+        /// The writer.
+        host: HostId,
+    },
     /// The ledger holds [`LEDGER_RECORDS_MAX`] records: it takes no more (so that the
     /// replicated state always fits in a snapshot).
     #[error("the ledger is full ({LEDGER_RECORDS_MAX} enclaves); destroy or adopt lost ones")]
@@ -365,6 +378,9 @@ pub struct Ledger {
     records: BTreeMap<EnclaveId, EnclaveRecord>,
     /// Each host's current boot epoch, as its SM last announced it.
     boots: BTreeMap<HostId, Boot>,
+    /// How many times each host left the cluster ([`LedgerOp::HostLeft`]); one entry per
+    /// host ever removed.
+    departures: BTreeMap<HostId, u64>,
 }
 
 impl Ledger {
@@ -386,6 +402,12 @@ impl Ledger {
     /// A host's current boot epoch, if it announced one.
     pub fn boot_of(&self, host: &HostId) -> Option<&Boot> {
         self.boots.get(host)
+    }
+
+    /// How many times `host` left the cluster. A registration names the count its SM saw;
+    /// one made before a departure is refused ([`LedgerRefusal::LeftSince`]).
+    pub fn departures_of(&self, host: &HostId) -> u64 {
+        self.departures.get(host).copied().unwrap_or(0)
     }
 
     /// Instances of `app` that are not lost, cluster-wide.
@@ -439,7 +461,14 @@ impl Ledger {
                 owner,
                 boot,
                 max_instances_cluster,
-            } => self.register(*id, *app, app_name, owner, *boot, *max_instances_cluster),
+                departures,
+            } => self.register(
+                *id,
+                *app,
+                app_name,
+                (owner, *boot, *departures),
+                *max_instances_cluster,
+            ),
             LedgerOp::Begin {
                 id,
                 epoch,
@@ -489,8 +518,7 @@ impl Ledger {
         id: EnclaveId,
         app: Measurement,
         app_name: &str,
-        owner: &HostId,
-        boot: Boot,
+        (owner, boot, departures): (&HostId, Boot, u64),
         cap: Option<u32>,
     ) -> LedgerOutcome {
         if let Some(r) = self.records.get(&id) {
@@ -509,6 +537,14 @@ impl Ledger {
             return self.refuse(
                 id,
                 LedgerRefusal::StaleBoot {
+                    host: owner.clone(),
+                },
+            );
+        }
+        if departures != self.departures_of(owner) {
+            return self.refuse(
+                id,
+                LedgerRefusal::LeftSince {
                     host: owner.clone(),
                 },
             );
@@ -805,6 +841,7 @@ impl Ledger {
     }
 
     fn host_left(&mut self, host: &HostId) -> LedgerOutcome {
+        *self.departures.entry(host.clone()).or_insert(0) += 1;
         for r in self.records.values_mut() {
             match &r.state {
                 RecordState::Running if r.owner == *host => r.state = RecordState::Lost,
@@ -926,6 +963,7 @@ mod tests {
             owner: h("a"),
             boot,
             max_instances_cluster: None,
+            departures: 0,
         });
         assert!(matches!(out, LedgerOutcome::Applied(Some(_))));
     }
@@ -1013,6 +1051,7 @@ mod tests {
                 owner: h("a"),
                 boot: BOOT_A,
                 max_instances_cluster: None,
+                departures: 0,
             })
         };
         for i in 0..LEDGER_RECORDS_MAX {
@@ -1105,6 +1144,7 @@ mod tests {
                 owner: h("a"),
                 boot: b,
                 max_instances_cluster: None,
+                departures: 0,
             })
         };
         announce(&mut l, "a", boot(2));
@@ -1191,6 +1231,56 @@ mod tests {
         assert!(matches!(state(&l).2, RecordState::Migrating { .. }));
     }
 
+    /// Seed 852 of the simulator: a's registration of E reaches the log, a is cut off and
+    /// removed before it learns so, b adopts E (it sealed nothing), E releases counter 1 and
+    /// b destroys it; a comes back without restarting and asks again. Applied, the late
+    /// registration would start E afresh at counter 0 under the same id.
+    #[test]
+    fn a_registration_made_before_its_host_left_is_refused() {
+        let mut l = registered();
+        let departures = l.departures_of(&h("a"));
+        l.apply(&LedgerOp::HostLeft { host: h("a") });
+        assert_eq!(l.departures_of(&h("a")), departures + 1);
+        assert_eq!(state(&l).2, RecordState::Lost);
+        assert!(matches!(
+            l.apply(&LedgerOp::Adopt {
+                id: E,
+                by: h("b"),
+                boot: BOOT_B,
+                app: APP,
+            }),
+            LedgerOutcome::Applied(_)
+        ));
+        assert!(matches!(
+            l.apply(&LedgerOp::Destroy { id: E, by: h("b") }),
+            LedgerOutcome::Applied(None)
+        ));
+        let again = |l: &mut Ledger, departures| {
+            l.apply(&LedgerOp::Register {
+                id: E,
+                app: APP,
+                app_name: "app".into(),
+                owner: h("a"),
+                boot: BOOT_A,
+                max_instances_cluster: None,
+                departures,
+            })
+        };
+        assert!(matches!(
+            again(&mut l, departures),
+            LedgerOutcome::Refused {
+                reason: LedgerRefusal::LeftSince { .. },
+                ..
+            }
+        ));
+        assert!(l.get(&E).is_none(), "the destroyed id stays gone");
+        // A registration made after the host came back (it saw the departure) is taken.
+        assert!(matches!(
+            again(&mut l, departures + 1),
+            LedgerOutcome::Applied(Some(_))
+        ));
+    }
+
     #[test]
     fn a_registration_from_a_restarted_sm_is_refused() {
         let mut l = registered();
@@ -1202,6 +1292,7 @@ mod tests {
             owner: h("a"),
             boot: BOOT_A,
             max_instances_cluster: None,
+            departures: 0,
         });
         assert!(matches!(
             late,
@@ -1318,6 +1409,7 @@ mod tests {
                 owner: h("a"),
                 boot: BOOT_A,
                 max_instances_cluster: Some(2),
+                departures: 0,
             })
         };
         assert!(matches!(reg(&mut l, 1), LedgerOutcome::Applied(_)));
@@ -1349,6 +1441,7 @@ mod tests {
             owner: h("a"),
             boot: [0xc; 16],
             max_instances_cluster: None,
+            departures: 0,
         });
         announce(&mut l, "a", [0xc; 16]);
         assert_eq!(

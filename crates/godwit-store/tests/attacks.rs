@@ -106,6 +106,7 @@ fn an_older_branch_of_the_records_is_refused_after_a_later_run_acted() {
             owner: h("a"),
             boot: r2.hw.boot_epoch().to_bytes(),
             max_instances_cluster: None,
+            departures: 0,
         })
         .unwrap();
     drain(&mut r2, &mut disk2, true, &mut out);
@@ -172,6 +173,7 @@ fn a_branch_of_a_run_started_on_the_same_records_is_refused() {
             owner: h("a"),
             boot: r3.hw.boot_epoch().to_bytes(),
             max_instances_cluster: None,
+            departures: 0,
         })
         .unwrap();
     drain(&mut r3, &mut disk3, true, &mut out);
@@ -353,6 +355,7 @@ fn a_re_added_member_holds_a_lease_only_with_a_state_as_new_as_the_majoritys() {
             owner: h("r"),
             boot: r.hw.boot_epoch().to_bytes(),
             max_instances_cluster: None,
+            departures: 0,
         };
         r.m.propose(op).unwrap();
     }
